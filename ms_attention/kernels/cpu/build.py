@@ -1,0 +1,62 @@
+"""Compiles the C++ kernels into plain shared libraries with a C ABI (used by setup.py; runnable by hand).
+
+Two variants: `native` (-march=native, for the machine it is installed on) and `portable` (baseline x86-64).
+build_info.json records, for each, the instruction-set extensions it needs; loader.py picks the best one the
+running CPU supports. This file imports nothing from ms_attention, so setup.py can load it on its own.
+
+    python ms_attention/kernels/cpu/build.py            # build into the source tree (development)
+"""
+import ctypes
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCES = sorted(glob.glob(os.path.join(HERE, "csrc", "*.cpp")))
+BASE_FLAGS = ["-std=c++17", "-O3", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno", "-Wall",
+              "-Wno-maybe-uninitialized"]
+VARIANTS = {"native": ["-march=native", "-mtune=native"], "portable": []}
+
+
+def _compile(cxx, out_path, extra):
+    cmd = [cxx] + BASE_FLAGS + extra + SOURCES + ["-o", out_path]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.stderr.write(f"ms_attention: kernel build failed: {' '.join(cmd)}\n{result.stderr}\n")
+        return False
+    return True
+
+
+def _isa(path):
+    lib = ctypes.CDLL(path)
+    lib.msa_isa.restype = ctypes.c_char_p
+    return lib.msa_isa().decode().split()
+
+
+def build(out_dir):
+    """Build every variant that compiles into out_dir; returns the build_info dict (empty: nothing built)."""
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        sys.stderr.write("ms_attention: no C++ compiler found; the numpy reference kernels will be used.\n")
+        return {}
+    os.makedirs(out_dir, exist_ok=True)
+    info = {"compiler": cxx}
+    for variant, flags in VARIANTS.items():
+        file_name = f"libms_attention_cpu_{variant}.so"
+        path = os.path.join(out_dir, file_name)
+        if _compile(cxx, path, flags):
+            info[variant] = {"file": file_name, "flags": BASE_FLAGS + flags, "isa": _isa(path)}
+    if "native" not in info and "portable" not in info:
+        return {}
+    with open(os.path.join(out_dir, "build_info.json"), "w", encoding="utf-8") as f:
+        json.dump(info, f, indent=2)
+    return info
+
+
+if __name__ == "__main__":
+    built = build(HERE)
+    print(json.dumps(built, indent=2))
+    sys.exit(0 if built else 1)

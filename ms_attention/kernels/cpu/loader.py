@@ -1,0 +1,78 @@
+"""Finds the compiled CPU kernel library and checks that this CPU can run it.
+
+setup.py builds two copies: one for the build machine (-march=native) and a portable one. build_info.json,
+written beside them, records the instruction-set extensions each was compiled for; the native copy is used
+only when /proc/cpuinfo has all of them, so a wheel copied to an older CPU falls back instead of crashing.
+MS_ATTENTION_KERNEL=native|portable|reference forces a choice (reference: no native library at all).
+"""
+import ctypes
+import dataclasses
+import functools
+import json
+import os
+from typing import Optional, Set, Tuple
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BUILD_INFO = os.path.join(HERE, "build_info.json")
+
+
+@dataclasses.dataclass(frozen=True)
+class Library:
+    path: str
+    variant: str                  # 'native' or 'portable'
+    isa: Tuple[str, ...]
+    kernels: Tuple[str, ...]
+    handle: ctypes.CDLL
+
+    def last_error(self) -> str:
+        return self.handle.msa_last_error().decode("utf-8", "replace")
+
+    def clear_error(self) -> None:
+        self.handle.msa_clear_error()
+
+
+def cpu_flags() -> Set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _open(path: str, variant: str, isa: Tuple[str, ...]) -> Library:
+    handle = ctypes.CDLL(path)
+    handle.msa_last_error.restype = ctypes.c_char_p
+    handle.msa_kernels.restype = ctypes.c_char_p
+    kernels = tuple(k for k in handle.msa_kernels().decode().split(",") if k)
+    return Library(path, variant, isa, kernels, handle)
+
+
+@functools.lru_cache(maxsize=None)
+def library() -> Optional[Library]:
+    """The library this process uses, or None (then calls fall back to the reference kernels)."""
+    forced = os.environ.get("MS_ATTENTION_KERNEL", "").lower()
+    if forced == "reference" or not os.path.exists(BUILD_INFO):
+        return None
+    with open(BUILD_INFO, encoding="utf-8") as f:
+        info = json.load(f)
+    flags = cpu_flags()
+    for variant in ("native", "portable"):
+        entry = info.get(variant)
+        if entry is None or (forced and forced != variant):
+            continue
+        path = os.path.join(HERE, entry["file"])
+        isa = tuple(entry.get("isa", ()))
+        if os.path.exists(path) and set(isa) <= flags:
+            return _open(path, variant, isa)
+    return None
+
+
+def why_unavailable() -> str:
+    if os.environ.get("MS_ATTENTION_KERNEL", "").lower() == "reference":
+        return "MS_ATTENTION_KERNEL=reference"
+    if not os.path.exists(BUILD_INFO):
+        return f"the compiled library is missing ({BUILD_INFO} not found; reinstall with `pip install .`)"
+    return "no compiled variant matches this CPU's instruction set"
