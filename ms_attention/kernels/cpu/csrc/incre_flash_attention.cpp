@@ -58,6 +58,7 @@ int64_t KvIndex(const Problem &p, int64_t b, int64_t h, int64_t t) {
     return p.head_major ? ((block * p.kvN + h) * p.block_size + slot) * p.D
                         : ((block * p.block_size + slot) * p.kvN + h) * p.D;
   }
+  t += p.start[b];  // left padding: the valid window starts inside the stored sequence
   return p.head_major ? ((b * p.kvN + h) * p.S + t) * p.D : ((b * p.S + t) * p.kvN + h) * p.D;
 }
 

@@ -1,0 +1,116 @@
+"""Malformed inputs must raise, never crash or read outside a buffer. Each scenario runs in a fresh process
+(MindSpore reports kernel errors asynchronously, and Graph mode refuses further steps of a failed graph)."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import ms_attention
+
+# the subprocess imports the very package this test process imported (installed or source tree)
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(ms_attention.__file__)))
+
+PRELUDE = textwrap.dedent("""
+    import sys, numpy as np, mindspore as ms
+    from mindspore import Tensor, nn
+    sys.path.insert(0, %r)
+    from ms_attention import ops
+    def t(shape, dtype=np.float16):
+        return Tensor(np.ones(shape, dtype))
+    def expect_error(fn, kind=Exception):
+        try:
+            out = fn()
+            if out is not None:
+                out.asnumpy()
+        except kind as e:
+            print("RAISED", type(e).__name__, str(e).splitlines()[0][:200])
+            return
+        print("NO ERROR")
+""") % PACKAGE_PARENT
+
+SCENARIOS = {
+    # value-dependent problems in Graph mode: the kernel itself rejects them
+    "graph_seq_tensor_above_s": """
+        ms.set_context(mode=ms.GRAPH_MODE)
+        class Net(nn.Cell):
+            def construct(self, q, k, v, s):
+                return ops.incre_flash_attention(q, k, v, actual_seq_lengths=s, num_heads=4)
+        expect_error(lambda: Net()(t((2, 1, 128)), t((2, 16, 128)), t((2, 16, 128)),
+                                   Tensor(np.array([17, 1], np.int64))), RuntimeError)
+        # the process lives on and a fresh graph still runs
+        print("AFTER", Net()(t((2, 1, 128)), t((2, 16, 128)), t((2, 16, 128)),
+                             Tensor(np.array([16, 1], np.int64))).shape)
+    """,
+    "graph_block_table_out_of_range": """
+        ms.set_context(mode=ms.GRAPH_MODE)
+        class Net(nn.Cell):
+            def construct(self, q, k, v, bt):
+                return ops.incre_flash_attention(q, k, v, actual_seq_lengths=[40, 3], block_table=bt,
+                                                 num_heads=4, block_size=32)
+        bt = Tensor(np.array([[0, 1000000], [2, -5]], np.int32))
+        expect_error(lambda: Net()(t((2, 1, 128)), t((4, 32, 128)), t((4, 32, 128)), bt), RuntimeError)
+    """,
+    "graph_negative_block_entry": """
+        ms.set_context(mode=ms.GRAPH_MODE)
+        class Net(nn.Cell):
+            def construct(self, q, k, v, bt):
+                return ops.incre_flash_attention(q, k, v, actual_seq_lengths=[40, 3], block_table=bt,
+                                                 num_heads=4, block_size=32)
+        bt = Tensor(np.array([[0, 1], [-7, 0]], np.int32))
+        expect_error(lambda: Net()(t((2, 1, 128)), t((4, 32, 128)), t((4, 32, 128)), bt), RuntimeError)
+    """,
+    "raw_kernel_bad_attributes": """
+        # the Custom op called with an attribute vector that contradicts the tensors
+        from ms_attention.primitives import IncreFlashAttention
+        prim = IncreFlashAttention(num_heads=4)
+        empty = Tensor(np.zeros((0,), np.float32))
+        bad = Tensor(np.array([3.0, 0, 1.0, 3.0, 0, 1], np.float64))   # num_heads 3: 128 % 3 != 0
+        from mindspore.ops import Custom
+        expect_error(lambda: Custom.__call__(prim, t((2, 1, 128)), t((2, 16, 128)), t((2, 16, 128)),
+                                             *([empty] * 12), bad), RuntimeError)
+        bad = Tensor(np.array([1.0], np.float64))                       # too short
+        expect_error(lambda: Custom.__call__(prim, t((2, 1, 128)), t((2, 16, 128)), t((2, 16, 128)),
+                                             *([empty] * 12), bad), RuntimeError)
+    """,
+    "random_malformed_shapes": """
+        rng = np.random.default_rng(0)
+        kinds = set()
+        for trial in range(60):
+            b, s = int(rng.integers(0, 3)), int(rng.integers(0, 5))
+            qs = tuple(int(x) for x in rng.integers(0, 4, rng.integers(1, 5)))
+            ks = tuple(int(x) for x in rng.integers(0, 4, rng.integers(1, 5)))
+            layout = ["BSH", "BNSD", "BSND"][trial % 3]
+            kw = dict(num_heads=int(rng.integers(1, 3)), input_layout=layout)
+            if trial % 4 == 0:
+                kw["actual_seq_lengths"] = [int(x) for x in rng.integers(-2, 6, rng.integers(1, 3))]
+            if trial % 5 == 0:
+                kw["block_table"] = Tensor(rng.integers(-3, 5, (b or 1, 2)).astype(np.int32))
+                kw["block_size"] = 16
+            try:
+                ops.incre_flash_attention(t(qs), t(ks), t(ks), **kw).asnumpy()
+                kinds.add("ok")
+            except (TypeError, ValueError, RuntimeError) as e:
+                kinds.add(type(e).__name__)
+        print("SURVIVED", sorted(kinds))
+    """,
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_no_crash(name, tmp_path):
+    script = tmp_path / f"{name}.py"          # Graph mode parses source, so it must live in a file
+    script.write_text(PRELUDE + textwrap.dedent(SCENARIOS[name]))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                          cwd=str(tmp_path))
+    out = proc.stdout
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{out}\n{proc.stderr[-3000:]}"
+    assert "NO ERROR" not in out, out
+    if name == "random_malformed_shapes":
+        assert "SURVIVED" in out, out
+    else:
+        assert "RAISED RuntimeError" in out, out
+    if name == "graph_seq_tensor_above_s":
+        assert "AFTER (2, 1, 128)" in out, out
+        assert "actual_seq_lengths" in proc.stderr  # the kernel says what was wrong
