@@ -89,6 +89,37 @@ void LoadQueryRow(const Problem &p, const void *q, int64_t index, float *dst) {
 
 float LoadScalar(DType type, const uint16_t *ptr) { return type == DType::kF16 ? HalfToFloat(*ptr) : BF16ToFloat(*ptr); }
 
+float Dot(const float *a, const float *b, int64_t n) {
+  int64_t d = 0;
+  float s = 0.f;
+#if defined(__AVX512F__)
+  __m512 acc = _mm512_setzero_ps();
+  for (; d + 16 <= n; d += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + d), _mm512_loadu_ps(b + d), acc);
+  s = _mm512_reduce_add_ps(acc);
+#endif
+  for (; d < n; ++d) s += a[d] * b[d];
+  return s;
+}
+
+// acc = acc * correction + sum_i p[i] * v[i, :], with each 16-wide slice of acc held in a register for the
+// whole tile (one load and one store per slice instead of one per key).
+void AccumulateTile(float *acc, float correction, const float *p, const float *v, int64_t T, int64_t D) {
+  int64_t d = 0;
+#if defined(__AVX512F__)
+  const __m512 corr = _mm512_set1_ps(correction);
+  for (; d + 16 <= D; d += 16) {
+    __m512 a = _mm512_mul_ps(_mm512_loadu_ps(acc + d), corr);
+    for (int64_t i = 0; i < T; ++i) a = _mm512_fmadd_ps(_mm512_set1_ps(p[i]), _mm512_loadu_ps(v + i * D + d), a);
+    _mm512_storeu_ps(acc + d, a);
+  }
+#endif
+  for (; d < D; ++d) {
+    float a = acc[d] * correction;
+    for (int64_t i = 0; i < T; ++i) a += p[i] * v[i * D + d];
+    acc[d] = a;
+  }
+}
+
 // Partial attention of one (batch, KV head) over keys [t0, t1): running max m, sum l, unnormalised acc.
 void AttendRange(const Problem &p, const void *q, const void *k, const void *v, int64_t b, int64_t kh,
                  int64_t t0, int64_t t1, float *m, float *l, float *acc) {
@@ -109,13 +140,7 @@ void AttendRange(const Problem &p, const void *q, const void *k, const void *v, 
     for (int64_t i = 0; i < T; ++i) LoadRow(p, k, KvIndex(p, b, kh, tt + i), ks, ko, kbuf.data() + i * D);
     for (int64_t g = 0; g < G; ++g) {
       const float *qg = qf.data() + g * D;
-      for (int64_t i = 0; i < T; ++i) {
-        const float *kr = kbuf.data() + i * D;
-        float s = 0.f;
-#pragma omp simd reduction(+ : s)
-        for (int64_t d = 0; d < D; ++d) s += qg[d] * kr[d];
-        scores[g * kTile + i] = s * p.scale;
-      }
+      for (int64_t i = 0; i < T; ++i) scores[g * kTile + i] = Dot(qg, kbuf.data() + i * D, D) * p.scale;
     }
     // pse_shift (after the scale) and the mask, both indexed in the stored frame
     const int64_t pos0 = p.start[b] + tt;
@@ -147,18 +172,13 @@ void AttendRange(const Problem &p, const void *q, const void *k, const void *v, 
       if (tile_max == kNegInf) continue;
       const float m_new = std::max(m[g], tile_max);
       const float correction = std::exp(m[g] - m_new);  // exp(-inf) = 0 on the first tile
-      float *ag = acc + g * D;
-      l[g] *= correction;
-#pragma omp simd
-      for (int64_t d = 0; d < D; ++d) ag[d] *= correction;
+      float tile_sum = 0.f;
       for (int64_t i = 0; i < T; ++i) {
-        const float pr = std::exp(sg[i] - m_new);
-        if (pr == 0.f) continue;
-        l[g] += pr;
-        const float *vr = vbuf.data() + i * D;
-#pragma omp simd
-        for (int64_t d = 0; d < D; ++d) ag[d] += pr * vr[d];
+        sg[i] = std::exp(sg[i] - m_new);                 // masked: exp(-inf) = 0
+        tile_sum += sg[i];
       }
+      l[g] = l[g] * correction + tile_sum;
+      AccumulateTile(acc + g * D, correction, sg, vbuf.data(), T, D);
       m[g] = m_new;
     }
   }
