@@ -26,7 +26,14 @@ class BuildPyWithKernels(build_py):
         yaml_target = os.path.join(package_dir, "_ops_yaml")
         shutil.rmtree(yaml_target, ignore_errors=True)
         shutil.copytree(os.path.join(ROOT, "ops_yaml"), yaml_target)
-        _load_kernel_builder().build(os.path.join(package_dir, "kernels", "cpu"))
+        kernel_dir = os.path.join(package_dir, "kernels", "cpu")
+        info = _load_kernel_builder().build(kernel_dir)
+        # `python -m ms_attention ...` run from the checkout imports the source tree, so give it the same build
+        source_kernel_dir = os.path.join(ROOT, "ms_attention", "kernels", "cpu")
+        if info and os.access(source_kernel_dir, os.W_OK) and os.path.realpath(source_kernel_dir) != \
+                os.path.realpath(kernel_dir):
+            for name in ["build_info.json"] + [v["file"] for k, v in info.items() if isinstance(v, dict)]:
+                shutil.copy2(os.path.join(kernel_dir, name), os.path.join(source_kernel_dir, name))
 
 
 class BinaryDistribution(Distribution):
