@@ -3,23 +3,17 @@ when none serves a call, the error lists every reason.
 
 - ascend:    MindSpore's built-in primitive; chosen by the functionals (ops.py) when device_target is Ascend.
 - cpu:       the compiled C++ library, through ops.Custom(func_type="aot"). What users get on CPU.
-- reference: the numpy golden through ops.Custom(func_type="pyfunc"); used, with one warning, only when the
-             compiled library is missing. pyfunc cannot carry bfloat16.
+- reference: the numpy golden. It cannot serve MindSpore calls (pyfunc in MindSpore 2.10 cannot carry the empty
+             tensors of absent inputs), so without the compiled library a call raises and lists the reasons.
 """
 import dataclasses
 import importlib
-import inspect
-import logging
 from typing import Any, Callable, Dict, Optional, Tuple
 
-import numpy as np
 from mindspore import context
 
 from ms_attention import opdef
 from ms_attention.kernels.cpu import loader
-
-logger = logging.getLogger("ms_attention")
-_warned = set()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,29 +50,11 @@ def select(op_name: str, attrs: Dict[str, Any]) -> Choice:
     if lib is not None and op_name in lib.kernels:
         return Choice("cpu", f"{lib.path}:{op.class_name}", "aot")
     reasons.append("cpu: " + (loader.why_unavailable() if lib is None else "not implemented yet"))
-    ref = reference_kernel(op_name)
-    if ref is not None:
-        if op_name not in _warned:
-            _warned.add(op_name)
-            logger.warning("ms_attention: %s runs on the slow numpy reference kernel (%s).", op_name, reasons[-1])
-        return Choice("reference", _reference_adapter(op, ref, attrs), "pyfunc", tuple(reasons))
+    if reference_kernel(op_name) is not None:
+        # The numpy golden exists (ms_attention.kernels.reference), but MindSpore 2.10's pyfunc Custom cannot
+        # carry the shape-(0,) tensors that stand for absent inputs ("memcpy failed"), so it cannot serve calls.
+        reasons.append("reference: MindSpore 2.10's pyfunc Custom cannot carry the empty tensors of absent "
+                       "inputs; call ms_attention.kernels.reference directly on numpy arrays instead")
+        return Choice("none", None, "pyfunc", tuple(reasons))
     reasons.append("reference: not implemented yet")
     return Choice("none", None, "pyfunc", tuple(reasons))
-
-
-def _reference_adapter(op: opdef.OpDef, ref: Callable, attrs: Dict[str, Any]) -> Callable:
-    """pyfunc body: numpy inputs (+ the trailing attribute vector) -> the reference's keyword call."""
-    names = [a.name for a in op.inputs if not a.generated]
-    accepted = set(inspect.signature(ref).parameters)
-    ref_attrs = {k: v for k, v in attrs.items() if k in accepted}
-
-    def run(*arrays):
-        kwargs = dict(ref_attrs)
-        for name, array in zip(names, arrays):
-            if name in accepted and not (array.ndim == 1 and array.shape[0] == 0):
-                kwargs[name] = array
-        out = np.asarray(ref(**kwargs))
-        # pyfunc carries float16 but not bfloat16, so a float result here is float16
-        return out if out.dtype == np.int8 else out.astype(np.float16)
-
-    return run

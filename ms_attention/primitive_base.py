@@ -49,9 +49,6 @@ class AttentionPrimitive(ops.Custom):
         by_name = registry.metas_by_name(self.op_name, metas)
         _, out_dtype = self._infer_module.infer(by_name, self._attrs,
                                                 registry.static_by_name(self.op_name, self._static))
-        if self._choice.backend == "reference" and any(m is not None and m.dtype == "bfloat16" for m in metas):
-            raise RuntimeError(f"For '{self._op.class_name}', bfloat16 needs the compiled CPU kernel, but "
-                               f"only the numpy reference is available: " + "; ".join(self._choice.reasons) + ".")
         return getattr(mstype, out_dtype)
 
     # ---- PyNative call ---------------------------------------------------------------------------------
