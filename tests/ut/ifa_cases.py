@@ -4,16 +4,15 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn
 
-from ms_attention import ops
+from ms_attention import opdef, ops
 from ms_attention.kernels.reference.incre_flash_attention import incre_flash_attention as reference
 
 TOLERANCE = {"float16": (0.005, 2.5e-5), "bfloat16": (0.0078125, 1e-4)}
 MS_DTYPE = {"float16": ms.float16, "bfloat16": ms.bfloat16, "int8": ms.int8, "bool": ms.bool_, "uint8": ms.uint8,
             "int32": ms.int32, "int64": ms.int64, "float32": ms.float32}
-TENSOR_INPUTS = ("query", "key", "value", "attn_mask", "actual_seq_lengths", "pse_shift", "dequant_scale1",
-                 "quant_scale1", "dequant_scale2", "quant_scale2", "quant_offset2", "antiquant_scale",
-                 "antiquant_offset", "block_table", "kv_padding_size")
-ATTRS = ("num_heads", "input_layout", "scale_value", "num_key_value_heads", "block_size", "inner_precise")
+_OP = opdef.get("incre_flash_attention")
+TENSOR_INPUTS = tuple(a.name for a in _OP.inputs)                        # primitive input order, from the YAML
+ATTR_DEFAULTS = {a.name: a.default for a in _OP.init_args}
 
 
 def round_to(x, dtype):
@@ -70,8 +69,7 @@ class _IFACell(nn.Cell):
 
 def run(mode, kwargs, key_as_list=True):
     """Call ops.incre_flash_attention with MindSpore-typed kwargs in the given mode."""
-    consts = {name: kwargs.get(name, default) for name, default in
-              zip(ATTRS, (1, "BSH", 1.0, 0, 0, 1))}
+    consts = {name: kwargs.get(name, default) for name, default in ATTR_DEFAULTS.items()}
     seq = kwargs.get("actual_seq_lengths")
     tensors = {n: kwargs.get(n) for n in TENSOR_INPUTS}
     if mode == "pynative":
