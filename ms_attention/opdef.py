@@ -68,6 +68,10 @@ class OpDef:
     source: str
     torch_npu_name: Optional[str]
     doc: str
+    labels: Tuple[Tuple[str, Any], ...] = ()
+
+    def label(self, name: str, default: Any = None) -> Any:
+        return dict(self.labels).get(name, default)
 
     @property
     def inputs(self) -> Tuple[ArgDef, ...]:
@@ -77,6 +81,16 @@ class OpDef:
     @property
     def init_args(self) -> Tuple[ArgDef, ...]:
         return tuple(a for a in self.args if a.prim_init)
+
+    @property
+    def tensor_inputs(self) -> Tuple[ArgDef, ...]:
+        """What the kernel receives as tensors, in order (absent optional ones as shape-(0,) tensors)."""
+        return tuple(a for a in self.args if a.dtype == "tensor")
+
+    @property
+    def attributes(self) -> Tuple[ArgDef, ...]:
+        """Every scalar argument, in order: they travel to the kernel as one float64 vector (see kernel_abi.h)."""
+        return tuple(a for a in self.args if a.dtype != "tensor")
 
     def arg(self, name: str) -> ArgDef:
         for a in self.args:
@@ -135,6 +149,7 @@ def _parse_op(name: str, spec: Dict[str, Any]) -> OpDef:
         source=spec.get("source", "mindspore"),
         torch_npu_name=spec.get("torch_npu_name"),
         doc=_load_doc(name),
+        labels=tuple(sorted((spec.get("labels") or {}).items())),
     )
 
 
@@ -149,6 +164,17 @@ def load_all() -> Dict[str, OpDef]:
             for name, spec in yaml.safe_load(f).items():
                 ops[name] = _parse_op(name, spec)
     return ops
+
+
+@functools.lru_cache(maxsize=None)
+def enums() -> Dict[str, Dict[str, int]]:
+    """ops_yaml/enums.yaml: name -> {member: code} (input_layout, dtype)."""
+    with open(os.path.join(yaml_dir(), "enums.yaml"), encoding="utf-8") as f:
+        return {name: dict(members) for name, members in yaml.safe_load(f).items()}
+
+
+def enum(name: str) -> Dict[str, int]:
+    return enums()[name]
 
 
 def get(name: str) -> OpDef:
