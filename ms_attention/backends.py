@@ -7,8 +7,10 @@ when none serves a call, the error lists every reason.
              tensors of absent inputs), so without the compiled library a call raises and lists the reasons.
 """
 import dataclasses
+import functools
 import importlib
-from typing import Any, Callable, Dict, Optional, Tuple
+import importlib.util
+from typing import Any, Callable, Optional, Tuple
 
 from mindspore import context
 
@@ -39,15 +41,16 @@ def reference_kernel(op_name: str) -> Optional[Callable]:
 def _ascend_reason() -> str:
     target = context.get_context("device_target")
     if target == "Ascend":
-        return "ascend: a primitive object always runs the CPU kernel; call ms_attention.ops.<op> on Ascend"
+        return "ascend: MindSpore's own kernel serves this operator on Ascend (calls take that path first)"
     return f"ascend: device_target is {target}"
 
 
-def select(op_name: str, attrs: Dict[str, Any]) -> Choice:
+@functools.lru_cache(maxsize=None)
+def select(op_name: str) -> Choice:
     op = opdef.get(op_name)
     reasons = [_ascend_reason()]
     lib = loader.library()
-    if lib is not None and op_name in lib.kernels:
+    if lib is not None and op_name in lib.kernels and importlib.util.find_spec(f"ms_attention.infer.{op_name}"):
         return Choice("cpu", f"{lib.path}:{op.class_name}", "aot")
     reasons.append("cpu: " + (loader.why_unavailable() if lib is None else "not implemented yet"))
     if reference_kernel(op_name) is not None:

@@ -43,60 +43,86 @@ def _doc(text: str, indent: str) -> str:
     return f'{indent}r"""\n{body}{indent}"""\n'
 
 
+def _kernel_input(arg: opdef.ArgDef) -> str:
+    """How the CPU path hands one tensor input to the kernel (absent optional inputs as empty tensors)."""
+    if arg.generated:
+        return "_rt.EMPTY"
+    if arg.is_int_sequence:
+        return f"_rt.int_tensor({arg.name})"
+    if arg.has_default:
+        return f"_rt.or_empty({arg.name})"
+    return arg.name
+
+
+def _tuple(items: List[str]) -> str:
+    return f"({', '.join(items)},)" if items else "()"
+
+
+def _normalise_lists(op: opdef.OpDef, indent: str) -> List[str]:
+    return [_wrap(f"{a.name} = _rt.single_tensor({a.name}, {op.class_name!r}, {a.name!r})", indent)
+            for a in op.tensor_inputs if a.is_tensor_list]
+
+
+def _check_call(op: opdef.OpDef, normalise_lists: bool = False) -> str:
+    def name(a):
+        if normalise_lists and a.is_tensor_list:
+            return f"_rt.single_tensor({a.name}, {op.class_name!r}, {a.name!r})"
+        return a.name
+    attrs = _tuple([a.name for a in op.attributes])
+    inputs = ", ".join(name(a) for a in op.tensor_inputs if not a.generated)
+    return f"_{op.name}_check({attrs}, {inputs})"
+
+
+def _cpu_path(op: opdef.OpDef) -> str:
+    """_<op>(...): every argument in the primitive's order; validation, then the kernel. All outputs."""
+    params = ", ".join(a.name for a in op.args if not a.generated)
+    absent = _tuple([f"{a.name} is None" if a.has_default else ("True" if a.generated else "False")
+                     for a in op.tensor_inputs])
+    inputs = ", ".join([_kernel_input(a) for a in op.tensor_inputs] + ["attrs"])
+    lines = [_wrap(f"def _{op.name}({params}):", ""),
+             f'    """CPU path of {op.function_name}: arguments in the primitive\'s order, every output."""']
+    lines += _normalise_lists(op, "    ")
+    lines += [_wrap(f"attrs = {_check_call(op)}", "    "),
+              _wrap(f"kernel = _rt.cached(_base.KernelPrimitive)({op.name!r}, "
+                    f"{_tuple([a.name for a in op.attributes])}, {absent})", "    "),
+              _wrap(f"return kernel({inputs})", "    ")]
+    return "\n".join(lines) + "\n"
+
+
 def _function(op: opdef.OpDef) -> str:
     keyword_of = {fa.arg.name: fa.name for fa in op.function_args}
-    init_values = ", ".join(keyword_of[a.name] for a in op.init_args)
-    init_tuple = f"({init_values},)" if op.init_args else "()"
-    statics = [f"_rt.static_ints({keyword_of[a.name]})" for a in op.inputs if a.is_int_sequence]
-    static_tuple = f"({', '.join(statics)},)" if statics else "()"
-    prim_name = op.class_name
-
-    def cpu_input(arg: opdef.ArgDef) -> str:
-        if arg.generated:
-            return "_rt.EMPTY"
-        name = keyword_of[arg.name]
-        if arg.is_tensor_list:
-            return f"_rt.single_tensor({name}, {prim_name!r}, {arg.name!r})"
-        if arg.is_int_sequence:
-            return f"_rt.int_tensor({name}, {prim_name!r}, {arg.name!r})"
-        if arg.dtype == "tensor":
-            return f"_rt.or_empty({name})" if arg.has_default else name
-        return name  # a scalar input of an op whose primitive takes everything as inputs
-
-    lines = [_wrap(f"def {op.function_name}({_function_params(op)}):", ""), _doc(op.doc, "    ").rstrip("\n")]
+    lines = [f"_{op.name}_check = _base.Validator({op.name!r})\n"]
     if op.ascend_primitive and op.source == "mindspore":
-        metas = []
-        for arg in op.inputs:
-            if arg.generated or arg.dtype != "tensor":
-                continue
-            metas.append(f"_rt.meta({cpu_input(arg)})" if arg.has_default or arg.is_tensor_list
-                         else f"_rt.meta({keyword_of[arg.name]})")
+        lines.append(f"_ms_{op.function_name} = getattr(_ms_ops, {op.function_name!r}, None)\n")
+    lines += ["\n" + _cpu_path(op), "\n"]
+    lines += [_wrap(f"def {op.function_name}({_function_params(op)}):", ""), _doc(op.doc, "    ").rstrip("\n")]
+    renames = [f"{arg} = {kw}" for arg, kw in keyword_of.items() if arg != kw]
+    lines += [f"    {r}" for r in renames]
+    if op.ascend_primitive and op.source == "mindspore":
         call = ", ".join(f"{fa.name}={fa.name}" if fa.arg.has_default else fa.name for fa in op.function_args)
-        lines += [
-            "    if _rt.on_ascend():",
-            _wrap(f"_rt.check_on_host({op.name!r}, ({', '.join(metas)},), {init_tuple}, {static_tuple})",
-                  "        "),
-            _wrap(f"return _ms_ops.{op.function_name}({call})", "        "),
-        ]
-    init_call = ", ".join([keyword_of[a.name] for a in op.init_args] + [f"_static={static_tuple}"])
-    inputs = [cpu_input(a) for a in op.inputs] + [f"_rt.attrs_tensor({op.name!r}, {init_tuple})"]
+        first = op.tensor_inputs[0].name
+        lines += ["    if _rt.on_ascend():"]
+        lines += [_wrap(f"checked = {_check_call(op, normalise_lists=True)}", "        ")]
+        lines += [f"        {first} = _depend({first}, checked)  # keeps the checks in a graph"]
+        lines += [_wrap(f"return _ms_{op.function_name}({call})", "        ")]
     suffix = ""
     if op.function_returns != op.returns and len(op.function_returns) == 1:
         suffix = f"[{op.returns.index(op.function_returns[0])}]"
-    lines += [
-        _wrap(f"prim = _prims.{op.class_name}({init_call})", "    "),
-        _wrap(f"return prim({', '.join(inputs)}){suffix}", "    "),
-    ]
+    args = ", ".join(a.name for a in op.args if not a.generated)
+    lines += [_wrap(f"return _{op.name}({args}){suffix}", "    ")]
     return "\n".join(lines) + "\n"
 
 
 def render_ops() -> str:
     ops = opdef.load_all().values()
     names = ", ".join(repr(op.function_name) for op in ops)
-    parts = [HEADER, '"""Functional API: MindSpore-identical signatures, built from ops_yaml/ (see codegen.py)."""\n',
-             "from mindspore import ops as _ms_ops\n\n",
+    parts = [HEADER, '"""Functional API: MindSpore-identical signatures, built from ops_yaml/ (see codegen.py).\n\n'
+             'Each operator has its functional and `_<op>`, the CPU path in the primitive\'s argument order that the\n'
+             'functional and the primitive class (primitives.py) share."""\n',
+             "from mindspore import ops as _ms_ops\n",
+             "from mindspore.ops import depend as _depend\n\n",
              "from ms_attention import _runtime as _rt\n",
-             "from ms_attention import primitives as _prims\n\n",
+             "from ms_attention import primitive_base as _base\n\n",
              _wrap(f"__all__ = [{names}]", ""), "\n"]
     for op in ops:
         parts.append("\n\n" + _function(op))
@@ -105,34 +131,44 @@ def render_ops() -> str:
 
 def _primitive(op: opdef.OpDef) -> str:
     init_params = [f"{a.name}={_default(a)}" if a.has_default else a.name for a in op.init_args]
-    init_params += ["*", "_static=None"]
-    call_params = [f"{a.name}={_default(a)}" if a.has_default else a.name for a in op.inputs if not a.generated]
-    call_params.append("_attrs=None")
-    init_names = ", ".join(a.name for a in op.init_args)
-    init_tuple = f"({init_names},)" if op.init_args else "()"
-    call_names = ", ".join(a.name for a in op.inputs if not a.generated)
+    call_args = [a for a in op.args if not a.prim_init and not a.generated]
+    call_params = [f"{a.name}={_default(a)}" if a.has_default else a.name for a in call_args]
     summary = op.doc.strip().splitlines()[0]
-    doc = (f"{summary}\n\nPrimitive form of `ms_attention.ops.{op.function_name}` (attributes in __init__, tensors in "
-           f"the call),\nwith the arguments of MindSpore's {op.class_name}. `_static` and `_attrs` are filled in by "
-           f"the functional.\n")
-    return "\n".join([
-        f"class {op.class_name}(AttentionPrimitive):",
-        _doc(doc, "    ").rstrip("\n"),
-        f"    op_name = {op.name!r}",
-        "",
-        _wrap(f"def __init__(self, {', '.join(init_params)}):", "    "),
-        f"        super().__init__({init_tuple}, _static)",
-        "",
-        _wrap(f"def __call__(self, {', '.join(call_params)}):", "    "),
-        _wrap(f"return self._call(({call_names},), _attrs)", "        "),
-    ]) + "\n"
+    doc = (f"{summary}\n\nPrimitive form of `ms_attention.ops.{op.function_name}`, with the arguments of MindSpore's "
+           f"{op.class_name}:\nattributes in __init__ (checked there), tensors in the call (key/value as a Tensor or a "
+           f"one-element list,\nNone for absent inputs, sequence lengths as tuple, list or Tensor). Create it in a "
+           f"Cell's __init__ and\ncall it in construct (Graph or PyNative mode, ms.jit), returning "
+           f"{', '.join(op.returns) or 'nothing'}.\n")
+    lines = ["@_jit_class", f"class {op.class_name}:", _doc(doc, "    ").rstrip("\n"),
+             f"    name = {op.class_name!r}", "",
+             _wrap(f"def __init__(self{''.join(', ' + p for p in init_params)}):", "    ")]
+    if op.init_args and len(op.init_args) == len(op.attributes):
+        lines.append(_wrap(f"_rt_check_attrs({op.name!r}, {_tuple([a.name for a in op.init_args])})", "        "))
+    lines += [f"        self.{a.name} = {a.name}" for a in op.init_args]
+    if not op.init_args:
+        lines.append("        pass")
+    lines += ["", _wrap(f"def __call__(self{''.join(', ' + p for p in call_params)}):", "    ")]
+    args = ", ".join(f"self.{a.name}" if a.prim_init else a.name for a in op.args if not a.generated)
+    lines += [_wrap(f"return _ops._{op.name}({args})", "        "), "",
+              "    def shard(self, in_strategy=None, out_strategy=None):",
+              '        """Accepted for MindSpore compatibility: a single-device CPU run has nothing to shard."""',
+              "        return self", "",
+              "    def add_prim_attr(self, name, value):",
+              '        """Accepted for MindSpore compatibility: the kernel reads no extra attributes."""',
+              "        return self"]
+    return "\n".join(lines) + "\n"
 
 
 def render_primitives() -> str:
     ops = opdef.load_all().values()
     names = ", ".join(repr(op.class_name) for op in ops)
-    parts = [HEADER, '"""One primitive class per operator (ops.Custom underneath), built from ops_yaml/."""\n',
-             "from ms_attention.primitive_base import AttentionPrimitive\n\n",
+    parts = [HEADER, '"""One primitive class per operator, built from ops_yaml/.\n\n'
+             'A MindSpore Primitive held by a Cell is called in Graph mode with its raw arguments (a list key, None\n'
+             'inputs), which an AOT Custom op cannot take; these classes are `jit_class`es instead, whose __call__\n'
+             'Graph mode parses, so they run the same path as the functional (ops._<op>) in every mode."""\n',
+             "from mindspore import jit_class as _jit_class\n\n",
+             "from ms_attention import ops as _ops\n",
+             "from ms_attention._runtime import check_attrs as _rt_check_attrs\n\n",
              _wrap(f"__all__ = [{names}]", ""), "\n"]
     for op in ops:
         parts.append("\n\n" + _primitive(op))

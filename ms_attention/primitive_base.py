@@ -1,100 +1,168 @@
-"""The ops.Custom underneath every ms_attention primitive.
+"""The two MindSpore primitives behind every ms_attention operator call.
 
-__init__ checks the attributes (raising at compile time in Graph mode), picks the kernel (backends.py) and
-registers infer callbacks that run the op's validation (infer/<op>.py) on every input's shape and dtype, in
-PyNative and in Graph mode. MindSpore calls the shape callback and then the dtype callback, so the first
-records the shapes and the second validates everything at once, dtype errors first.
-
-Called directly in PyNative, a primitive takes MindSpore's own inputs (None for absent ones, key as a list,
-sequence lengths as lists) and checks Tensor-valued lengths and block tables on the host before the kernel.
-The functionals in ops.py hand it already-normalised inputs plus the attribute vector, which is also how it
-runs inside Graph mode, where Python attributes of the instance cannot be read.
+- `Validator` (one per operator): the op's validation (infer/<op>.py) as a constant primitive. In Graph mode
+  MindSpore runs its `__infer__` at compile time on the inputs' shapes and dtypes (unknown dims -1, unknown
+  rank -2) and the constant attributes, so the documented TypeError / ValueError is raised before the graph
+  runs; in PyNative its `__call__` runs the same checks, plus the value checks of Tensor sequence lengths and
+  block tables on the host. Its result is the kernel's attribute vector, so the kernel depends on it and the
+  checks cannot be pruned from a graph.
+- `KernelPrimitive` (one per operator, attribute tuple and set of present inputs; cached): the ops.Custom AOT
+  op that runs the C++ kernel. Output shapes come from the kernel library's C++ `<Class>InferShape`, which
+  MindSpore calls at compile time and again at run time with the real shapes (this is what makes dynamic shapes
+  work); output dtypes come from the op's `output_dtypes`. Several outputs, outputs updated in place
+  (`side_effect_mem` label) and a bprop hook (`bprop` in the infer module) are declared here from the YAML.
 """
+import functools
+from typing import Any, Dict, Optional, Tuple
+
 import numpy as np
 from mindspore import Tensor, ops
 from mindspore.common import dtype as mstype
+from mindspore.ops import CustomRegOp, DataType
+from mindspore.ops.primitive import PrimitiveWithInfer
 
 from ms_attention import backends, opdef
 from ms_attention.infer import registry
-from ms_attention.infer.common import meta
+from ms_attention.infer.common import Checker, TensorMeta, dtype_name
 from ms_attention.kernels.cpu import loader
 
 
-class AttentionPrimitive(ops.Custom):
-    """Base of the generated primitives; subclasses set `op_name`."""
-    op_name = ""
+def _unserved(op_name: str) -> Optional[RuntimeError]:
+    """The error a call raises when no kernel serves the operator on this machine, else None."""
+    choice = backends.select(op_name)
+    if choice.backend == "none":
+        return choice.unserved_error(opdef.get(op_name).class_name)
+    return None
 
-    def __init__(self, init_values, static=None):
-        self._op = opdef.get(self.op_name)
-        self._infer_module = registry.module(self.op_name)
-        self._init_values = tuple(init_values)
-        self._attrs = registry.check_attrs(self.op_name, init_values) if self._infer_module else {}
-        self._static = tuple(static) if static is not None else None
-        self._choice = backends.select(self.op_name, self._attrs)
-        self._shapes = None
-        func = self._choice.func if self._choice.func is not None else _never_called
-        super().__init__(func, out_shape=self._infer_shape, out_dtype=self._infer_dtype,
-                         func_type=self._choice.func_type)
 
-    # ---- inference (both modes) ------------------------------------------------------------------------
-    def _infer_shape(self, *shapes):
-        self._shapes = shapes
-        if self._choice.backend == "none":
-            raise self._choice.unserved_error(self._op.class_name)
-        return list(shapes[0])  # every implemented op so far returns the query's shape
+def _checked_attrs(op_name: str, values: Tuple[Any, ...]) -> Tuple[Dict[str, Any], Tensor]:
+    """(normalised attributes, the kernel's attribute vector), cached per attribute tuple. The key holds each
+    value's type, since 8 == 8.0 == True-style equality must not let a float pass as an int."""
+    return _checked_attrs_typed(op_name, tuple((type(v), v) for v in values))
 
-    def _infer_dtype(self, *dtypes):
-        shapes = self._shapes
-        metas = [meta(s, d) for s, d in zip(shapes[:-1], dtypes[:-1])]  # the last input is the attribute vector
-        by_name = registry.metas_by_name(self.op_name, metas)
-        _, out_dtype = self._infer_module.infer(by_name, self._attrs,
-                                                registry.static_by_name(self.op_name, self._static))
-        return getattr(mstype, out_dtype)
 
-    # ---- PyNative call ---------------------------------------------------------------------------------
-    def _call(self, inputs, attrs_tensor):
-        """PyNative entry of the generated __call__: inputs in the primitive's order."""
-        names = registry.input_names(self.op_name)
-        bound = dict(zip(names, inputs))
-        if attrs_tensor is None:  # called directly, with MindSpore's own inputs
-            bound, static = self._normalise(bound)
-            self._static = static
-            attrs_tensor = Tensor(np.asarray(self._infer_module.kernel_attrs(self._attrs), np.float64))
-        inputs = [bound[name] for name in names]
-        if self._choice.backend == "none":
-            raise self._choice.unserved_error(self._op.class_name)
-        self._check_values(dict(zip(names, inputs)))
-        lib = loader.library()
-        if lib is not None:
-            lib.clear_error()
-        return super().__call__(*inputs, attrs_tensor)
+@functools.lru_cache(maxsize=None)
+def _checked_attrs_typed(op_name: str, typed: Tuple[Tuple[type, Any], ...]) -> Tuple[Dict[str, Any], Tensor]:
+    attrs = registry.check_attrs(op_name, tuple(v for _, v in typed))
+    vector = Tensor(np.asarray(registry.attribute_vector(op_name, attrs), np.float64))
+    return attrs, vector
 
-    def _normalise(self, bound):
-        from ms_attention import _runtime  # late: _runtime imports this package's infer registry
-        out = {}
-        static = []
-        for arg in self._op.inputs:
-            if arg.generated:
-                continue
-            value = bound.get(arg.name, arg.default if arg.has_default else None)
-            if arg.is_tensor_list:
-                value = _runtime.single_tensor(value, self._op.class_name, arg.name)
-            if arg.is_int_sequence:
-                static.append(tuple(value) if isinstance(value, (list, tuple)) else None)
-                value = _runtime.int_tensor(value, self._op.class_name, arg.name)
-            out[arg.name] = _runtime.or_empty(value)
-        return out, tuple(static)
 
-    def _check_values(self, inputs):
-        """Host-side checks of values only known at run time (PyNative: reading them costs one sync).
-        The shapes and dtypes are validated first, so the value checks can rely on them."""
-        metas = {n: meta(t.shape, t.dtype) for n, t in inputs.items()}
-        self._infer_module.infer(metas, self._attrs, registry.static_by_name(self.op_name, self._static))
-        values = {name: inputs[name].asnumpy() for name in self._infer_module.VALUE_INPUTS
-                  if metas.get(name) is not None}
+def check_attrs(op_name: str, values: Tuple[Any, ...]) -> Dict[str, Any]:
+    """Attribute checks of a primitive's __init__ (cached per attribute tuple)."""
+    error = _unserved(op_name)
+    if error is not None:
+        raise error
+    if any(v is None for v in values):
+        _require_constants(op_name, values)
+    return _checked_attrs(op_name, tuple(values))[0]
+
+
+def _require_constants(op_name: str, values) -> None:
+    names = registry.attribute_names(op_name)
+    for name, value in zip(names, values):
+        if value is None:
+            raise Checker(opdef.get(op_name).class_name).type_error(
+                f"the attribute '{name}' must be a constant (a Python int, float, bool or str known when the "
+                f"graph is compiled), but got a value only known at run time, such as a graph input made with "
+                f"mutable(). Attributes must be constants.")
+
+
+class Validator(PrimitiveWithInfer):
+    """Validation of one operator as a constant primitive; returns the kernel's attribute vector."""
+
+    def __init__(self, op_name: str):
+        super().__init__(f"{opdef.get(op_name).class_name}Check")
+        self.set_const_prim(True)
+        self.op_name = op_name
+        self._names = registry.input_names(op_name)
+        self._static_names = set(registry.static_names(op_name))
+
+    def _attrs(self, values) -> Tuple[Dict[str, Any], Tensor]:
+        error = _unserved(self.op_name)
+        if error is not None:
+            raise error
+        if values is None or any(v is None for v in values):
+            _require_constants(self.op_name, values or (None,))
+        return _checked_attrs(self.op_name, tuple(values))
+
+    # Graph mode (and ms.jit): abstract values at compile time
+    def __infer__(self, attr_values, *inputs):
+        attrs, vector = self._attrs(attr_values["value"])
+        metas, static = {}, {}
+        for name, item in zip(self._names, inputs):
+            metas[name], static[name] = _meta_of_abstract(item)
+        registry.validate(self.op_name, metas, attrs, {n: static[n] for n in self._static_names})
+        return {"shape": None, "dtype": None, "value": vector}
+
+    # PyNative: real tensors
+    def __call__(self, attr_values, *inputs):
+        attrs, vector = self._attrs(attr_values)
+        metas, static, tensors = {}, {}, {}
+        for name, value in zip(self._names, inputs):
+            if isinstance(value, Tensor):
+                metas[name], static[name], tensors[name] = TensorMeta(tuple(value.shape), dtype_name(value.dtype)), \
+                    None, value
+            elif isinstance(value, (list, tuple)):
+                metas[name], static[name] = TensorMeta((len(value),), "int64"), tuple(value)
+            else:
+                metas[name], static[name] = None, None
+        module = registry.module(self.op_name)
+        module.infer(metas, attrs, {n: static[n] for n in self._static_names})
+        values = {}
+        for name in module.VALUE_INPUTS:
+            if name in tensors:
+                values[name] = tensors[name].asnumpy()
+            elif static.get(name) is not None:
+                values[name] = np.asarray(static[name], np.int64)
         if values:
-            self._infer_module.check_values(values, metas, self._attrs)
+            module.check_values(values, metas, attrs)
+        return vector
 
 
-def _never_called(*_):
-    raise RuntimeError("ms_attention: this operator has no kernel on this machine")
+def _meta_of_abstract(item) -> Tuple[Optional[TensorMeta], Optional[Tuple[Any, ...]]]:
+    """(metadata, constant values) of one input as Graph mode's infer sees it."""
+    dtype = item["dtype"]
+    if dtype is None:
+        return None, None
+    if isinstance(item["value"], (tuple, list)):     # a tuple/list of ints: its values are constants
+        values = tuple(item["value"])
+        known = None if any(v is None for v in values) else values
+        return TensorMeta((len(values),), "int64"), known
+    shape = item["shape"]
+    shape = tuple(int(d) for d in shape) if shape is not None else (-2,)
+    return TensorMeta(shape, dtype_name(dtype)), None
+
+
+def _reg_info(op: opdef.OpDef):
+    info = CustomRegOp(op.class_name)
+    for i, arg in enumerate(op.tensor_inputs):
+        info = info.input(i, arg.name)
+    info = info.input(len(op.tensor_inputs), "attrs")
+    for i, name in enumerate(op.returns):
+        info = info.output(i, name)
+    count = len(op.tensor_inputs) + 1 + len(op.returns)
+    return info.dtype_format(*([DataType.None_None] * count)).target("CPU").get_op_info()
+
+
+class KernelPrimitive(ops.Custom):
+    """The AOT Custom op of one operator, for one attribute tuple and one set of present optional inputs."""
+
+    def __init__(self, op_name: str, attr_values: Tuple[Any, ...], absent: Tuple[bool, ...]):
+        op = opdef.get(op_name)
+        self._op = op
+        self._attrs = check_attrs(op_name, tuple(attr_values))
+        self._absent = dict(zip((a.name for a in op.tensor_inputs), absent))
+        self._module = registry.module(op_name)
+        lib = loader.library()
+        bprop = self._module.bprop(self._attrs) if hasattr(self._module, "bprop") else None
+        super().__init__(f"{lib.path}:{op.class_name}", out_shape=None, out_dtype=self._out_dtype,
+                         func_type="aot", bprop=bprop, reg_info=_reg_info(op))
+        if op.label("side_effect_mem"):
+            self.add_prim_attr("side_effect_mem", True)
+
+    def _out_dtype(self, *dtypes):
+        names = [a.name for a in self._op.tensor_inputs]
+        by_name = {n: None if self._absent.get(n) else dtype_name(d) for n, d in zip(names, dtypes)}
+        out = tuple(getattr(mstype, name) for name in self._module.output_dtypes(self._attrs, by_name))
+        return out if len(out) > 1 else out[0]

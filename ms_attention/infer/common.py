@@ -1,10 +1,42 @@
-"""Shared pieces of validation and inference: tensor metadata, dtype names, MindSpore-style messages."""
-import dataclasses
-from typing import Any, Optional, Tuple
+"""Shared pieces of validation and inference: tensor metadata, dtype names, MindSpore-style messages.
 
-LAYOUT_ENUM = {"BSH": 0, "BNSD": 1, "SBH": 2, "BSND": 3, "TND": 4, "TH": 5, "NSD": 6, "SH": 7, "BNSD_BSND": 8,
-               "PA_BSND": 9}
+Shapes may be partly unknown at Graph-mode compile time (`Cell.set_inputs` with None dims): an unknown dim is
+-1 and an unknown rank is the shape (-2,). Checks compare only what is known (`same`), and the kernel checks the
+rest at run time against the real shapes.
+"""
+import dataclasses
+from typing import Any, Optional, Sequence, Tuple
+
+from ms_attention import opdef
+
+LAYOUT_ENUM = opdef.enum("input_layout")
 INT32_MAX = 2 ** 31 - 1
+UNKNOWN = -1          # a dim unknown until run time
+UNKNOWN_RANK = -2     # MindSpore's shape (-2,): the rank itself is unknown
+
+
+def same(a: int, b: int) -> bool:
+    """Equal, or at least one side unknown."""
+    return a < 0 or b < 0 or a == b
+
+
+def known(*dims: int) -> bool:
+    return all(d >= 0 for d in dims)
+
+
+def product(*dims: int) -> int:
+    """Product of dims, unknown (-1) when any is unknown."""
+    if not known(*dims):
+        return UNKNOWN
+    n = 1
+    for d in dims:
+        n *= d
+    return n
+
+
+def same_shape(shape: Sequence[int], want: Sequence[Optional[int]]) -> bool:
+    """shape matches want, where None in want (or -1 on either side) accepts any size."""
+    return len(shape) == len(want) and all(w is None or same(s, w) for s, w in zip(shape, want))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -13,15 +45,20 @@ class TensorMeta:
     dtype: str             # 'float16', 'bfloat16', 'int8', 'bool', ... (MindSpore's names, lower case)
 
     @property
+    def rank_known(self) -> bool:
+        return self.shape != (UNKNOWN_RANK,)
+
+    @property
     def ndim(self) -> int:
-        return len(self.shape)
+        """The rank; -2 when unknown (check rank_known first where it matters)."""
+        return len(self.shape) if self.rank_known else UNKNOWN_RANK
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return product(*self.shape) if self.rank_known else UNKNOWN
+
+    def dim(self, i: int) -> int:
+        return self.shape[i] if self.rank_known else UNKNOWN
 
 
 def dtype_name(dtype: Any) -> str:

@@ -1,15 +1,19 @@
-"""Op name -> its infer module, with the OpDef bookkeeping (argument positions) done once here.
+"""Op name -> its infer module, with the OpDef bookkeeping (argument names, the kernel's attribute vector) done
+once here.
 
-An infer module provides check_attrs(**init_args), kernel_attrs(attrs), infer(metas, attrs, static) and
-check_values(values, metas, attrs). Ops without one are declared but have no CPU implementation yet.
+An infer module provides check_attrs(**init_args) -> attrs, infer(metas, attrs, static), output_dtypes(attrs,
+dtypes) and check_values(values, metas, attrs), plus VALUE_INPUTS. Ops without one are declared but have no CPU
+implementation yet.
 """
+import functools
 import importlib
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from ms_attention import opdef
-from ms_attention.infer.common import TensorMeta, meta
+from ms_attention.infer.common import LAYOUT_ENUM
 
 
+@functools.lru_cache(maxsize=None)
 def module(op_name: str):
     try:
         return importlib.import_module(f"ms_attention.infer.{op_name}")
@@ -17,41 +21,36 @@ def module(op_name: str):
         return None
 
 
+def attribute_names(op_name: str) -> Tuple[str, ...]:
+    return tuple(a.name for a in opdef.get(op_name).attributes)
+
+
 def check_attrs(op_name: str, values: Sequence[Any]) -> Dict[str, Any]:
-    op = opdef.get(op_name)
-    names = [a.name for a in op.init_args]
-    return module(op_name).check_attrs(**dict(zip(names, values)))
+    """The op's attribute checks (TypeError / ValueError as documented); returns the normalised attributes."""
+    return module(op_name).check_attrs(**dict(zip(attribute_names(op_name), values)))
 
 
-def kernel_attrs(op_name: str, values: Sequence[Any]) -> Tuple[float, ...]:
-    mod = module(op_name)
-    if mod is None:
-        return ()
-    return mod.kernel_attrs(check_attrs(op_name, values))
+def attribute_vector(op_name: str, attrs: Dict[str, Any]) -> Tuple[float, ...]:
+    """The float64 vector a native kernel reads: every scalar argument in YAML order (kernel_abi.h's attr::),
+    strings through their enum, bools as 0/1."""
+    vector = []
+    for arg in opdef.get(op_name).attributes:
+        value = attrs[arg.name]
+        if arg.arg_handler == "str_to_enum":
+            value = LAYOUT_ENUM[value.upper()]
+        vector.append(float(value))
+    return tuple(vector)
 
 
 def input_names(op_name: str) -> Tuple[str, ...]:
-    return tuple(a.name for a in opdef.get(op_name).inputs if not a.generated)
+    """The tensor inputs the caller provides, in the primitive's order."""
+    return tuple(a.name for a in opdef.get(op_name).tensor_inputs if not a.generated)
 
 
 def static_names(op_name: str) -> Tuple[str, ...]:
-    return tuple(a.name for a in opdef.get(op_name).inputs if a.is_int_sequence)
+    return tuple(a.name for a in opdef.get(op_name).tensor_inputs if a.is_int_sequence)
 
 
-def metas_by_name(op_name: str, metas: Sequence[Optional[TensorMeta]]) -> Dict[str, Optional[TensorMeta]]:
-    return dict(zip(input_names(op_name), metas))
-
-
-def static_by_name(op_name: str, static: Optional[Sequence[Any]]) -> Dict[str, Any]:
-    return dict(zip(static_names(op_name), static or ()))
-
-
-def validate(op_name: str, raw_metas: Sequence[Any], attr_values: Sequence[Any],
-             static: Optional[Sequence[Any]]):
-    """raw_metas: (shape, dtype) pairs or None, in input order. Returns the op's (shape, dtype name)."""
-    mod = module(op_name)
-    if mod is None:
-        return None
-    attrs = check_attrs(op_name, attr_values)
-    metas = [None if m is None else meta(m[0], m[1]) for m in raw_metas]
-    return mod.infer(metas_by_name(op_name, metas), attrs, static_by_name(op_name, static))
+def validate(op_name: str, metas: Dict[str, Any], attrs: Dict[str, Any],
+             static: Optional[Dict[str, Any]] = None) -> None:
+    module(op_name).infer(metas, attrs, static or {})

@@ -54,17 +54,16 @@ SCENARIOS = {
             expect_error(lambda: Net()(t((2, 1, 128)), t((4, 32, 128)), t((4, 32, 128)), bt), RuntimeError)
     """,
     "raw_kernel_bad_attributes": """
-        # the Custom op called with an attribute vector that contradicts the tensors
-        from ms_attention.primitives import IncreFlashAttention
-        prim = IncreFlashAttention(num_heads=4)
+        # the kernel's Custom op called directly, with an attribute vector that contradicts the tensors
+        from ms_attention.primitive_base import KernelPrimitive
+        prim = KernelPrimitive("incre_flash_attention", (4, "BSH", 1.0, 0, 0, 1), (False,) * 3 + (True,) * 12)
         empty = Tensor(np.zeros((0,), np.float32))
         bad = Tensor(np.array([3.0, 0, 1.0, 3.0, 0, 1], np.float64))   # num_heads 3: 128 % 3 != 0
-        from mindspore.ops import Custom
-        expect_error(lambda: Custom.__call__(prim, t((2, 1, 128)), t((2, 16, 128)), t((2, 16, 128)),
-                                             *([empty] * 12), bad), RuntimeError)
+        expect_error(lambda: prim(t((2, 1, 128)), t((2, 16, 128)), t((2, 16, 128)), *([empty] * 12), bad),
+                     RuntimeError)
         bad = Tensor(np.array([1.0], np.float64))                       # too short
-        expect_error(lambda: Custom.__call__(prim, t((2, 1, 128)), t((2, 16, 128)), t((2, 16, 128)),
-                                             *([empty] * 12), bad), RuntimeError)
+        expect_error(lambda: prim(t((2, 1, 128)), t((2, 16, 128)), t((2, 16, 128)), *([empty] * 12), bad),
+                     RuntimeError)
     """,
     "random_malformed_shapes": """
         rng = np.random.default_rng(0)

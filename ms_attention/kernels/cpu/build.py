@@ -16,7 +16,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = sorted(glob.glob(os.path.join(HERE, "csrc", "*.cpp")))
-BASE_FLAGS = ["-std=c++17", "-O3", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno", "-Wall",
+BASE_FLAGS = ["-std=c++17", "-D_GLIBCXX_USE_CXX11_ABI=0", "-O3", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno", "-Wall",
               "-Wno-maybe-uninitialized"]
 VARIANTS = {"native": ["-march=native", "-mtune=native"], "portable": []}
 

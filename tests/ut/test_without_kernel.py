@@ -1,6 +1,6 @@
-"""Without the compiled library a call raises a RuntimeError that lists why no kernel serves it (the numpy
-reference cannot run through MindSpore 2.10's pyfunc Custom), and the reference stays usable on numpy arrays.
-Runs in a fresh process with MS_ATTENTION_KERNEL=reference."""
+"""Without the compiled library, the functional and the primitive raise the same RuntimeError listing why no
+kernel serves the call (the numpy reference cannot run through MindSpore 2.10's pyfunc Custom), and the
+reference stays usable on numpy arrays. Runs in a fresh process with MS_ATTENTION_KERNEL=reference."""
 import os
 import subprocess
 import sys
@@ -19,7 +19,7 @@ SCRIPT = textwrap.dedent("""
     rng = np.random.default_rng(0)
     q = rng.standard_normal((2, 1, 128)).astype(np.float16)
     k = rng.standard_normal((2, 9, 64)).astype(np.float16)
-    print("BACKEND", backends.select("incre_flash_attention", {}).backend)
+    print("BACKEND", backends.select("incre_flash_attention").backend)
     exp = ref(q.astype(np.float32), k.astype(np.float32), k.astype(np.float32), num_heads=4,
               num_key_value_heads=2, actual_seq_lengths=[9, 4])
     print("REFERENCE", exp.shape)
@@ -28,10 +28,16 @@ SCRIPT = textwrap.dedent("""
         print("NO ERROR")
     except RuntimeError as e:
         print("ERROR", str(e).splitlines()[0])
+    from ms_attention import primitives
+    try:
+        primitives.IncreFlashAttention(num_heads=4)
+        print("NO PRIMITIVE ERROR")
+    except RuntimeError as e:
+        print("PRIMITIVE_ERROR", str(e).splitlines()[0])
 """) % PACKAGE_PARENT
 
 
-def test_reference_fallback(tmp_path):
+def test_without_kernel_calls_raise_the_reasons(tmp_path):
     script = tmp_path / "fallback.py"
     script.write_text(SCRIPT)
     env = dict(os.environ, MS_ATTENTION_KERNEL="reference")
@@ -42,3 +48,4 @@ def test_reference_fallback(tmp_path):
     assert lines["BACKEND"] == "none"
     assert lines["REFERENCE"] == "(2, 1, 128)"
     assert "no kernel serves this call" in lines["ERROR"] and "MS_ATTENTION_KERNEL=reference" in lines["ERROR"]
+    assert lines["PRIMITIVE_ERROR"] == lines["ERROR"]
