@@ -38,6 +38,10 @@ def reference_kernel(op_name: str) -> Optional[Callable]:
     return getattr(mod, op_name)
 
 
+def on_ascend() -> bool:
+    return context.get_context("device_target") == "Ascend"
+
+
 def _ascend_reason() -> str:
     target = context.get_context("device_target")
     if target == "Ascend":

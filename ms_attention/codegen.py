@@ -82,28 +82,49 @@ def _cpu_path(op: opdef.OpDef) -> str:
     lines = [_wrap(f"def _{op.name}({params}):", ""),
              f'    """CPU path of {op.function_name}: arguments in the primitive\'s order, every output."""']
     lines += _normalise_lists(op, "    ")
-    lines += [_wrap(f"attrs = {_check_call(op)}", "    "),
-              _wrap(f"kernel = _rt.cached(_base.KernelPrimitive)({op.name!r}, "
-                    f"{_tuple([a.name for a in op.attributes])}, {absent})", "    "),
+    lines += [_wrap(f"attr_values, attrs = {_check_call(op)}", "    "),
+              _wrap(f"kernel = _rt.cached(_base.KernelPrimitive)({op.name!r}, attr_values, {absent})", "    "),
               _wrap(f"return kernel({inputs})", "    ")]
     return "\n".join(lines) + "\n"
+
+
+def _has_ascend(op: opdef.OpDef) -> bool:
+    return bool(op.ascend_primitive) and op.source == "mindspore"
+
+
+def _ascend_path(op: opdef.OpDef) -> str:
+    """_<op>_ascend(...): validation, then MindSpore's own primitive, in the primitive's order."""
+    params = ", ".join(a.name for a in op.args if not a.generated)
+    init = ", ".join(a.name for a in op.init_args)
+    inputs = ", ".join(a.name for a in op.args if not a.prim_init and not a.generated)
+    first = op.tensor_inputs[0].name
+    return "\n".join([
+        _wrap(f"def _{op.name}_ascend({params}):", ""),
+        f'    """Ascend path of the primitive {op.class_name}: our checks, then MindSpore\'s own kernel."""',
+        _wrap(f"checked = {_check_call(op, normalise_lists=True)}", "    "),
+        f"    {first} = _depend({first}, checked[1])  # keeps the checks in a graph",
+        _wrap(f"return _rt.cached(_ms_{op.class_name})({init})({inputs})", "    ")]) + "\n"
 
 
 def _function(op: opdef.OpDef) -> str:
     keyword_of = {fa.arg.name: fa.name for fa in op.function_args}
     lines = [f"_{op.name}_check = _base.Validator({op.name!r})\n"]
-    if op.ascend_primitive and op.source == "mindspore":
-        lines.append(f"_ms_{op.function_name} = getattr(_ms_ops, {op.function_name!r}, None)\n")
-    lines += ["\n" + _cpu_path(op), "\n"]
+    if _has_ascend(op):
+        lines.append(f"_ms_{op.function_name} = getattr(_ms_ops, {op.function_name!r}, None)")
+        lines.append(f"_ms_{op.class_name} = getattr(_ms_auto_generate, {op.class_name!r}, None)\n")
+    lines += ["\n" + _cpu_path(op)]
+    if _has_ascend(op):
+        lines += ["\n" + _ascend_path(op)]
+    lines += ["\n"]
     lines += [_wrap(f"def {op.function_name}({_function_params(op)}):", ""), _doc(op.doc, "    ").rstrip("\n")]
     renames = [f"{arg} = {kw}" for arg, kw in keyword_of.items() if arg != kw]
     lines += [f"    {r}" for r in renames]
-    if op.ascend_primitive and op.source == "mindspore":
+    if _has_ascend(op):
         call = ", ".join(f"{fa.name}={fa.name}" if fa.arg.has_default else fa.name for fa in op.function_args)
         first = op.tensor_inputs[0].name
         lines += ["    if _rt.on_ascend():"]
         lines += [_wrap(f"checked = {_check_call(op, normalise_lists=True)}", "        ")]
-        lines += [f"        {first} = _depend({first}, checked)  # keeps the checks in a graph"]
+        lines += [f"        {first} = _depend({first}, checked[1])  # keeps the checks in a graph"]
         lines += [_wrap(f"return _ms_{op.function_name}({call})", "        ")]
     suffix = ""
     if op.function_returns != op.returns and len(op.function_returns) == 1:
@@ -120,6 +141,7 @@ def render_ops() -> str:
              'Each operator has its functional and `_<op>`, the CPU path in the primitive\'s argument order that the\n'
              'functional and the primitive class (primitives.py) share."""\n',
              "from mindspore import ops as _ms_ops\n",
+             "from mindspore.ops import auto_generate as _ms_auto_generate\n",
              "from mindspore.ops import depend as _depend\n\n",
              "from ms_attention import _runtime as _rt\n",
              "from ms_attention import primitive_base as _base\n\n",
@@ -149,6 +171,8 @@ def _primitive(op: opdef.OpDef) -> str:
         lines.append("        pass")
     lines += ["", _wrap(f"def __call__(self{''.join(', ' + p for p in call_params)}):", "    ")]
     args = ", ".join(f"self.{a.name}" if a.prim_init else a.name for a in op.args if not a.generated)
+    if _has_ascend(op):
+        lines += ["        if _rt_on_ascend():", _wrap(f"return _ops._{op.name}_ascend({args})", "            ")]
     lines += [_wrap(f"return _ops._{op.name}({args})", "        "), "",
               "    def shard(self, in_strategy=None, out_strategy=None):",
               '        """Accepted for MindSpore compatibility: a single-device CPU run has nothing to shard."""',
@@ -168,7 +192,8 @@ def render_primitives() -> str:
              'Graph mode parses, so they run the same path as the functional (ops._<op>) in every mode."""\n',
              "from mindspore import jit_class as _jit_class\n\n",
              "from ms_attention import ops as _ops\n",
-             "from ms_attention._runtime import check_attrs as _rt_check_attrs\n\n",
+             "from ms_attention._runtime import check_attrs as _rt_check_attrs\n",
+             "from ms_attention._runtime import on_ascend as _rt_on_ascend\n\n",
              _wrap(f"__all__ = [{names}]", ""), "\n"]
     for op in ops:
         parts.append("\n\n" + _primitive(op))

@@ -1,34 +1,106 @@
-"""install(): route mindspore.ops.<name> to ms_attention where MindSpore has no kernel for this device."""
-import mindspore
+"""install(): route every public name of the family in MindSpore to ms_attention, where MindSpore has no kernel.
+
+Model code reaches these operators in many ways: `mindspore.ops.<fn>`, `mindspore.ops.function.<fn>`,
+`mindspore.ops.functional.<fn>`, `mindspore.ops.function.nn_func.<fn>` (and the modules that define them), and the
+primitive classes in `mindspore.ops.operations.nn_ops`, `mindspore.ops.auto_generate` / `gen_ops_prim` /
+`gen_ops_def`, `operations._infer_ops`, `operations.manually_defined`. install() imports those modules, then
+replaces every module attribute that *is* one of MindSpore's functionals or primitive classes of the family,
+wherever it lives, so a later `from mindspore.ops import ...` gets ms_attention's too. uninstall() puts back
+exactly what was there.
+"""
+import importlib
+import sys
+from typing import Any, Dict, List, Tuple
+
 from mindspore import context
 
-from ms_attention import opdef, ops
+from ms_attention import opdef, ops, primitives
 
-_saved = {}
+# Modules that define or re-export the family in MindSpore 2.10; imported first so their names can be replaced.
+MINDSPORE_MODULES = (
+    "mindspore.ops",
+    "mindspore.ops.function",
+    "mindspore.ops.functional",
+    "mindspore.ops.function.nn_func",
+    "mindspore.ops.functional_overload",
+    "mindspore.ops.operations",
+    "mindspore.ops.operations.nn_ops",
+    "mindspore.ops.operations._infer_ops",
+    "mindspore.ops.operations.manually_defined",
+    "mindspore.ops.operations.manually_defined.ops_def",
+    "mindspore.ops.auto_generate",
+    "mindspore.ops.auto_generate.gen_ops_prim",
+    "mindspore.ops.auto_generate.gen_ops_def",
+)
+# Where an operator MindSpore lacks (torch_npu-only) is added.
+ADDED_TO = ("mindspore.ops", "mindspore.ops.function")
+
+_MISSING = object()
+_saved: List[Tuple[Any, str, Any]] = []   # (module, attribute, original or _MISSING), in the order applied
 
 
-def install(force: bool = False):
-    """Point mindspore.ops.<name> (and mindspore.ops.function.<name>) at ms_attention's functionals.
+def _load_modules():
+    for name in MINDSPORE_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
 
-    Nothing happens on Ascend, where MindSpore's own kernels exist, unless `force` is True. Operators MindSpore
-    lacks (fused_infer_attention_score_v2, advance_step_flashattn) are added. Returns the names replaced."""
-    if context.get_context("device_target") == "Ascend" and not force:
-        return []
-    replaced = []
+
+def _replacements() -> Dict[int, Tuple[Any, Any]]:
+    """id(MindSpore's object) -> (MindSpore's object, ms_attention's replacement)."""
+    import mindspore.ops as ms_ops
+    from mindspore.ops import auto_generate
+    found = {}
     for op in opdef.load_all().values():
-        name = op.function_name
-        if name not in _saved:
-            _saved[name] = getattr(mindspore.ops, name, None)
-        setattr(mindspore.ops, name, getattr(ops, name))
-        replaced.append(name)
-    return replaced
+        original = getattr(ms_ops, op.function_name, None)
+        if original is not None:
+            found[id(original)] = (original, getattr(ops, op.function_name))
+        original_class = getattr(auto_generate, op.class_name, None)
+        if original_class is not None:
+            found[id(original_class)] = (original_class, getattr(primitives, op.class_name))
+    return found
 
 
-def uninstall():
-    """Undo install()."""
-    for name, original in _saved.items():
-        if original is None:
-            delattr(mindspore.ops, name)
+def _set(module, attr: str, value) -> None:
+    _saved.append((module, attr, module.__dict__.get(attr, _MISSING)))
+    setattr(module, attr, value)
+
+
+def install(force: bool = False) -> List[str]:
+    """Point every public MindSpore name of the family at ms_attention; returns the names replaced or added
+    ('module.attribute'). Nothing happens on Ascend, where MindSpore's own kernels exist, unless `force`."""
+    if _saved or (context.get_context("device_target") == "Ascend" and not force):
+        return []
+    _load_modules()
+    replacements = _replacements()
+    changed = []
+    for module_name, module in sorted(sys.modules.items()):
+        if module is None or not (module_name == "mindspore" or module_name.startswith("mindspore.")):
+            continue
+        for attr, value in list(vars(module).items()):
+            hit = replacements.get(id(value))
+            if hit is not None and hit[0] is value:
+                _set(module, attr, hit[1])
+                changed.append(f"{module_name}.{attr}")
+    for op in opdef.load_all().values():
+        for module_name in ADDED_TO:
+            module = sys.modules[module_name]
+            if op.function_name not in vars(module):
+                _set(module, op.function_name, getattr(ops, op.function_name))
+                changed.append(f"{module_name}.{op.function_name}")
+    return changed
+
+
+def uninstall() -> None:
+    """Undo install(): every attribute gets back exactly the object it held (or is removed if it was added)."""
+    while _saved:
+        module, attr, original = _saved.pop()
+        if original is _MISSING:
+            delattr(module, attr)
         else:
-            setattr(mindspore.ops, name, original)
-    _saved.clear()
+            setattr(module, attr, original)
+
+
+def installed() -> bool:
+    return bool(_saved)

@@ -4,6 +4,7 @@
 Each operator has its functional and `_<op>`, the CPU path in the primitive's argument order that the
 functional and the primitive class (primitives.py) share."""
 from mindspore import ops as _ms_ops
+from mindspore.ops import auto_generate as _ms_auto_generate
 from mindspore.ops import depend as _depend
 
 from ms_attention import _runtime as _rt
@@ -20,10 +21,10 @@ _advance_step_flashattn_check = _base.Validator('advance_step_flashattn')
 def _advance_step_flashattn(input_tokens, sampled_token_ids, input_positions, seq_lens, slot_mapping, block_tables,
     num_seqs, num_queries, block_size):
     """CPU path of advance_step_flashattn: arguments in the primitive's order, every output."""
-    attrs = _advance_step_flashattn_check((num_seqs, num_queries, block_size,), input_tokens, sampled_token_ids,
-        input_positions, seq_lens, slot_mapping, block_tables)
-    kernel = _rt.cached(_base.KernelPrimitive)('advance_step_flashattn', (num_seqs, num_queries, block_size,),
-        (False, False, False, False, False, False,))
+    attr_values, attrs = _advance_step_flashattn_check((num_seqs, num_queries, block_size,), input_tokens,
+        sampled_token_ids, input_positions, seq_lens, slot_mapping, block_tables)
+    kernel = _rt.cached(_base.KernelPrimitive)('advance_step_flashattn', attr_values, (False, False, False, False,
+        False, False,))
     return kernel(input_tokens, sampled_token_ids, input_positions, seq_lens, slot_mapping, block_tables, attrs)
 
 
@@ -51,22 +52,35 @@ def advance_step_flashattn(input_tokens, sampled_token_ids, input_positions, seq
 _flash_attention_score_check = _base.Validator('flash_attention_score')
 
 _ms_flash_attention_score = getattr(_ms_ops, 'flash_attention_score', None)
+_ms_FlashAttentionScore = getattr(_ms_auto_generate, 'FlashAttentionScore', None)
 
 
 def _flash_attention_score(query, key, value, real_shift, drop_mask, padding_mask, attn_mask, prefix,
     actual_seq_qlen, actual_seq_kvlen, head_num, keep_prob, scale_value, pre_tokens, next_tokens, inner_precise,
     input_layout, sparse_mode):
     """CPU path of flash_attention_score: arguments in the primitive's order, every output."""
-    attrs = _flash_attention_score_check((head_num, keep_prob, scale_value, pre_tokens, next_tokens, inner_precise,
-        input_layout, sparse_mode,), query, key, value, real_shift, drop_mask, padding_mask, attn_mask, prefix,
-        actual_seq_qlen, actual_seq_kvlen)
-    kernel = _rt.cached(_base.KernelPrimitive)('flash_attention_score', (head_num, keep_prob, scale_value,
-        pre_tokens, next_tokens, inner_precise, input_layout, sparse_mode,), (False, False, False, real_shift is
-        None, drop_mask is None, padding_mask is None, attn_mask is None, prefix is None, actual_seq_qlen is None,
-        actual_seq_kvlen is None,))
+    attr_values, attrs = _flash_attention_score_check((head_num, keep_prob, scale_value, pre_tokens, next_tokens,
+        inner_precise, input_layout, sparse_mode,), query, key, value, real_shift, drop_mask, padding_mask,
+        attn_mask, prefix, actual_seq_qlen, actual_seq_kvlen)
+    kernel = _rt.cached(_base.KernelPrimitive)('flash_attention_score', attr_values, (False, False, False,
+        real_shift is None, drop_mask is None, padding_mask is None, attn_mask is None, prefix is None,
+        actual_seq_qlen is None, actual_seq_kvlen is None,))
     return kernel(query, key, value, _rt.or_empty(real_shift), _rt.or_empty(drop_mask), _rt.or_empty(padding_mask),
         _rt.or_empty(attn_mask), _rt.int_tensor(prefix), _rt.int_tensor(actual_seq_qlen),
         _rt.int_tensor(actual_seq_kvlen), attrs)
+
+
+def _flash_attention_score_ascend(query, key, value, real_shift, drop_mask, padding_mask, attn_mask, prefix,
+    actual_seq_qlen, actual_seq_kvlen, head_num, keep_prob, scale_value, pre_tokens, next_tokens, inner_precise,
+    input_layout, sparse_mode):
+    """Ascend path of the primitive FlashAttentionScore: our checks, then MindSpore's own kernel."""
+    checked = _flash_attention_score_check((head_num, keep_prob, scale_value, pre_tokens, next_tokens,
+        inner_precise, input_layout, sparse_mode,), query, key, value, real_shift, drop_mask, padding_mask,
+        attn_mask, prefix, actual_seq_qlen, actual_seq_kvlen)
+    query = _depend(query, checked[1])  # keeps the checks in a graph
+    return _rt.cached(_ms_FlashAttentionScore)(head_num, keep_prob, scale_value, pre_tokens, next_tokens,
+        inner_precise, input_layout, sparse_mode)(query, key, value, real_shift, drop_mask, padding_mask, attn_mask,
+        prefix, actual_seq_qlen, actual_seq_kvlen)
 
 
 
@@ -94,7 +108,7 @@ def flash_attention_score(query, key, value, head_num, real_shift=None, drop_mas
         checked = _flash_attention_score_check((head_num, keep_prob, scale_value, pre_tokens, next_tokens,
             inner_precise, input_layout, sparse_mode,), query, key, value, real_shift, drop_mask, padding_mask,
             attn_mask, prefix, actual_seq_qlen, actual_seq_kvlen)
-        query = _depend(query, checked)  # keeps the checks in a graph
+        query = _depend(query, checked[1])  # keeps the checks in a graph
         return _ms_flash_attention_score(query, key, value, head_num, real_shift=real_shift, drop_mask=drop_mask,
             padding_mask=padding_mask, attn_mask=attn_mask, prefix=prefix, actual_seq_qlen=actual_seq_qlen,
             actual_seq_kvlen=actual_seq_kvlen, keep_prob=keep_prob, scalar_value=scalar_value,
@@ -108,6 +122,7 @@ def flash_attention_score(query, key, value, head_num, real_shift=None, drop_mas
 _fused_infer_attention_score_check = _base.Validator('fused_infer_attention_score')
 
 _ms_fused_infer_attention_score = getattr(_ms_ops, 'fused_infer_attention_score', None)
+_ms_FusedInferAttentionScore = getattr(_ms_auto_generate, 'FusedInferAttentionScore', None)
 
 
 def _fused_infer_attention_score(query, key, value, pse_shift, attn_mask, actual_seq_lengths, actual_seq_lengths_kv,
@@ -119,21 +134,19 @@ def _fused_infer_attention_score(query, key, value, pse_shift, attn_mask, actual
     """CPU path of fused_infer_attention_score: arguments in the primitive's order, every output."""
     key = _rt.single_tensor(key, 'FusedInferAttentionScore', 'key')
     value = _rt.single_tensor(value, 'FusedInferAttentionScore', 'value')
-    attrs = _fused_infer_attention_score_check((num_heads, scale_value, pre_tokens, next_tokens, input_layout,
-        num_key_value_heads, sparse_mode, inner_precise, block_size, antiquant_mode, softmax_lse_flag,
+    attr_values, attrs = _fused_infer_attention_score_check((num_heads, scale_value, pre_tokens, next_tokens,
+        input_layout, num_key_value_heads, sparse_mode, inner_precise, block_size, antiquant_mode, softmax_lse_flag,
         key_antiquant_mode, value_antiquant_mode,), query, key, value, pse_shift, attn_mask, actual_seq_lengths,
         actual_seq_lengths_kv, dequant_scale1, quant_scale1, dequant_scale2, quant_scale2, quant_offset2,
         antiquant_scale, antiquant_offset, block_table, query_padding_size, kv_padding_size, key_antiquant_scale,
         key_antiquant_offset, value_antiquant_scale, value_antiquant_offset, key_shared_prefix, value_shared_prefix,
         actual_shared_prefix_len)
-    kernel = _rt.cached(_base.KernelPrimitive)('fused_infer_attention_score', (num_heads, scale_value, pre_tokens,
-        next_tokens, input_layout, num_key_value_heads, sparse_mode, inner_precise, block_size, antiquant_mode,
-        softmax_lse_flag, key_antiquant_mode, value_antiquant_mode,), (False, False, False, pse_shift is None,
-        attn_mask is None, actual_seq_lengths is None, actual_seq_lengths_kv is None, dequant_scale1 is None,
-        quant_scale1 is None, dequant_scale2 is None, quant_scale2 is None, quant_offset2 is None, antiquant_scale
-        is None, antiquant_offset is None, block_table is None, query_padding_size is None, kv_padding_size is None,
-        key_antiquant_scale is None, key_antiquant_offset is None, value_antiquant_scale is None,
-        value_antiquant_offset is None, key_shared_prefix is None, value_shared_prefix is None,
+    kernel = _rt.cached(_base.KernelPrimitive)('fused_infer_attention_score', attr_values, (False, False, False,
+        pse_shift is None, attn_mask is None, actual_seq_lengths is None, actual_seq_lengths_kv is None,
+        dequant_scale1 is None, quant_scale1 is None, dequant_scale2 is None, quant_scale2 is None, quant_offset2 is
+        None, antiquant_scale is None, antiquant_offset is None, block_table is None, query_padding_size is None,
+        kv_padding_size is None, key_antiquant_scale is None, key_antiquant_offset is None, value_antiquant_scale is
+        None, value_antiquant_offset is None, key_shared_prefix is None, value_shared_prefix is None,
         actual_shared_prefix_len is None,))
     return kernel(query, key, value, _rt.or_empty(pse_shift), _rt.or_empty(attn_mask),
         _rt.int_tensor(actual_seq_lengths), _rt.int_tensor(actual_seq_lengths_kv), _rt.or_empty(dequant_scale1),
@@ -143,6 +156,32 @@ def _fused_infer_attention_score(query, key, value, pse_shift, attn_mask, actual
         _rt.or_empty(key_antiquant_scale), _rt.or_empty(key_antiquant_offset), _rt.or_empty(value_antiquant_scale),
         _rt.or_empty(value_antiquant_offset), _rt.or_empty(key_shared_prefix), _rt.or_empty(value_shared_prefix),
         _rt.int_tensor(actual_shared_prefix_len), attrs)
+
+
+def _fused_infer_attention_score_ascend(query, key, value, pse_shift, attn_mask, actual_seq_lengths,
+    actual_seq_lengths_kv, dequant_scale1, quant_scale1, dequant_scale2, quant_scale2, quant_offset2,
+    antiquant_scale, antiquant_offset, block_table, query_padding_size, kv_padding_size, key_antiquant_scale,
+    key_antiquant_offset, value_antiquant_scale, value_antiquant_offset, key_shared_prefix, value_shared_prefix,
+    actual_shared_prefix_len, num_heads, scale_value, pre_tokens, next_tokens, input_layout, num_key_value_heads,
+    sparse_mode, inner_precise, block_size, antiquant_mode, softmax_lse_flag, key_antiquant_mode,
+    value_antiquant_mode):
+    """Ascend path of the primitive FusedInferAttentionScore: our checks, then MindSpore's own kernel."""
+    checked = _fused_infer_attention_score_check((num_heads, scale_value, pre_tokens, next_tokens, input_layout,
+        num_key_value_heads, sparse_mode, inner_precise, block_size, antiquant_mode, softmax_lse_flag,
+        key_antiquant_mode, value_antiquant_mode,), query, _rt.single_tensor(key, 'FusedInferAttentionScore',
+        'key'), _rt.single_tensor(value, 'FusedInferAttentionScore', 'value'), pse_shift, attn_mask,
+        actual_seq_lengths, actual_seq_lengths_kv, dequant_scale1, quant_scale1, dequant_scale2, quant_scale2,
+        quant_offset2, antiquant_scale, antiquant_offset, block_table, query_padding_size, kv_padding_size,
+        key_antiquant_scale, key_antiquant_offset, value_antiquant_scale, value_antiquant_offset, key_shared_prefix,
+        value_shared_prefix, actual_shared_prefix_len)
+    query = _depend(query, checked[1])  # keeps the checks in a graph
+    return _rt.cached(_ms_FusedInferAttentionScore)(num_heads, scale_value, pre_tokens, next_tokens, input_layout,
+        num_key_value_heads, sparse_mode, inner_precise, block_size, antiquant_mode, softmax_lse_flag,
+        key_antiquant_mode, value_antiquant_mode)(query, key, value, pse_shift, attn_mask, actual_seq_lengths,
+        actual_seq_lengths_kv, dequant_scale1, quant_scale1, dequant_scale2, quant_scale2, quant_offset2,
+        antiquant_scale, antiquant_offset, block_table, query_padding_size, kv_padding_size, key_antiquant_scale,
+        key_antiquant_offset, value_antiquant_scale, value_antiquant_offset, key_shared_prefix, value_shared_prefix,
+        actual_shared_prefix_len)
 
 
 
@@ -184,7 +223,7 @@ def fused_infer_attention_score(query, key, value, *, pse_shift=None, atten_mask
             quant_offset2, antiquant_scale, antiquant_offset, block_table, query_padding_size, kv_padding_size,
             key_antiquant_scale, key_antiquant_offset, value_antiquant_scale, value_antiquant_offset,
             key_shared_prefix, value_shared_prefix, actual_shared_prefix_len)
-        query = _depend(query, checked)  # keeps the checks in a graph
+        query = _depend(query, checked[1])  # keeps the checks in a graph
         return _ms_fused_infer_attention_score(query, key, value, pse_shift=pse_shift, atten_mask=atten_mask,
             actual_seq_lengths=actual_seq_lengths, actual_seq_lengths_kv=actual_seq_lengths_kv,
             dequant_scale1=dequant_scale1, quant_scale1=quant_scale1, dequant_scale2=dequant_scale2,
@@ -220,24 +259,19 @@ def _fused_infer_attention_score_v2(query, key, value, query_rope, key_rope, pse
     key_shared_prefix_dtype, value_shared_prefix_dtype, dequant_scale_query_dtype, dequant_scale_key_dtype,
     dequant_scale_value_dtype, dequant_scale_key_rope_dtype, out_dtype):
     """CPU path of fused_infer_attention_score_v2: arguments in the primitive's order, every output."""
-    attrs = _fused_infer_attention_score_v2_check((num_query_heads, num_key_value_heads, softmax_scale, pre_tokens,
-        next_tokens, input_layout, sparse_mode, block_size, query_quant_mode, key_quant_mode, value_quant_mode,
-        inner_precise, return_softmax_lse, query_dtype, key_dtype, value_dtype, query_rope_dtype, key_rope_dtype,
-        key_shared_prefix_dtype, value_shared_prefix_dtype, dequant_scale_query_dtype, dequant_scale_key_dtype,
-        dequant_scale_value_dtype, dequant_scale_key_rope_dtype, out_dtype,), query, key, value, query_rope,
-        key_rope, pse_shift, atten_mask, actual_seq_lengths, actual_seq_lengths_kv, block_table,
+    attr_values, attrs = _fused_infer_attention_score_v2_check((num_query_heads, num_key_value_heads, softmax_scale,
+        pre_tokens, next_tokens, input_layout, sparse_mode, block_size, query_quant_mode, key_quant_mode,
+        value_quant_mode, inner_precise, return_softmax_lse, query_dtype, key_dtype, value_dtype, query_rope_dtype,
+        key_rope_dtype, key_shared_prefix_dtype, value_shared_prefix_dtype, dequant_scale_query_dtype,
+        dequant_scale_key_dtype, dequant_scale_value_dtype, dequant_scale_key_rope_dtype, out_dtype,), query, key,
+        value, query_rope, key_rope, pse_shift, atten_mask, actual_seq_lengths, actual_seq_lengths_kv, block_table,
         dequant_scale_query, dequant_scale_key, dequant_offset_key, dequant_scale_value, dequant_offset_value,
         dequant_scale_key_rope, quant_scale_out, quant_offset_out, learnable_sink)
-    kernel = _rt.cached(_base.KernelPrimitive)('fused_infer_attention_score_v2', (num_query_heads,
-        num_key_value_heads, softmax_scale, pre_tokens, next_tokens, input_layout, sparse_mode, block_size,
-        query_quant_mode, key_quant_mode, value_quant_mode, inner_precise, return_softmax_lse, query_dtype,
-        key_dtype, value_dtype, query_rope_dtype, key_rope_dtype, key_shared_prefix_dtype,
-        value_shared_prefix_dtype, dequant_scale_query_dtype, dequant_scale_key_dtype, dequant_scale_value_dtype,
-        dequant_scale_key_rope_dtype, out_dtype,), (False, False, False, query_rope is None, key_rope is None,
-        pse_shift is None, atten_mask is None, actual_seq_lengths is None, actual_seq_lengths_kv is None,
-        block_table is None, dequant_scale_query is None, dequant_scale_key is None, dequant_offset_key is None,
-        dequant_scale_value is None, dequant_offset_value is None, dequant_scale_key_rope is None, quant_scale_out
-        is None, quant_offset_out is None, learnable_sink is None,))
+    kernel = _rt.cached(_base.KernelPrimitive)('fused_infer_attention_score_v2', attr_values, (False, False, False,
+        query_rope is None, key_rope is None, pse_shift is None, atten_mask is None, actual_seq_lengths is None,
+        actual_seq_lengths_kv is None, block_table is None, dequant_scale_query is None, dequant_scale_key is None,
+        dequant_offset_key is None, dequant_scale_value is None, dequant_offset_value is None,
+        dequant_scale_key_rope is None, quant_scale_out is None, quant_offset_out is None, learnable_sink is None,))
     return kernel(query, key, value, _rt.or_empty(query_rope), _rt.or_empty(key_rope), _rt.or_empty(pse_shift),
         _rt.or_empty(atten_mask), _rt.int_tensor(actual_seq_lengths), _rt.int_tensor(actual_seq_lengths_kv),
         _rt.or_empty(block_table), _rt.or_empty(dequant_scale_query), _rt.or_empty(dequant_scale_key),
@@ -285,6 +319,7 @@ def fused_infer_attention_score_v2(query, key, value, *, query_rope=None, key_ro
 _incre_flash_attention_check = _base.Validator('incre_flash_attention')
 
 _ms_incre_flash_attention = getattr(_ms_ops, 'incre_flash_attention', None)
+_ms_IncreFlashAttention = getattr(_ms_auto_generate, 'IncreFlashAttention', None)
 
 
 def _incre_flash_attention(query, key, value, attn_mask, actual_seq_lengths, pse_shift, dequant_scale1,
@@ -293,20 +328,35 @@ def _incre_flash_attention(query, key, value, attn_mask, actual_seq_lengths, pse
     """CPU path of incre_flash_attention: arguments in the primitive's order, every output."""
     key = _rt.single_tensor(key, 'IncreFlashAttention', 'key')
     value = _rt.single_tensor(value, 'IncreFlashAttention', 'value')
-    attrs = _incre_flash_attention_check((num_heads, input_layout, scale_value, num_key_value_heads, block_size,
-        inner_precise,), query, key, value, attn_mask, actual_seq_lengths, pse_shift, dequant_scale1, quant_scale1,
-        dequant_scale2, quant_scale2, quant_offset2, antiquant_scale, antiquant_offset, block_table,
+    attr_values, attrs = _incre_flash_attention_check((num_heads, input_layout, scale_value, num_key_value_heads,
+        block_size, inner_precise,), query, key, value, attn_mask, actual_seq_lengths, pse_shift, dequant_scale1,
+        quant_scale1, dequant_scale2, quant_scale2, quant_offset2, antiquant_scale, antiquant_offset, block_table,
         kv_padding_size)
-    kernel = _rt.cached(_base.KernelPrimitive)('incre_flash_attention', (num_heads, input_layout, scale_value,
-        num_key_value_heads, block_size, inner_precise,), (False, False, False, attn_mask is None,
-        actual_seq_lengths is None, pse_shift is None, dequant_scale1 is None, quant_scale1 is None, dequant_scale2
-        is None, quant_scale2 is None, quant_offset2 is None, antiquant_scale is None, antiquant_offset is None,
-        block_table is None, kv_padding_size is None,))
+    kernel = _rt.cached(_base.KernelPrimitive)('incre_flash_attention', attr_values, (False, False, False, attn_mask
+        is None, actual_seq_lengths is None, pse_shift is None, dequant_scale1 is None, quant_scale1 is None,
+        dequant_scale2 is None, quant_scale2 is None, quant_offset2 is None, antiquant_scale is None,
+        antiquant_offset is None, block_table is None, kv_padding_size is None,))
     return kernel(query, key, value, _rt.or_empty(attn_mask), _rt.int_tensor(actual_seq_lengths),
         _rt.or_empty(pse_shift), _rt.or_empty(dequant_scale1), _rt.or_empty(quant_scale1),
         _rt.or_empty(dequant_scale2), _rt.or_empty(quant_scale2), _rt.or_empty(quant_offset2),
         _rt.or_empty(antiquant_scale), _rt.or_empty(antiquant_offset), _rt.or_empty(block_table),
         _rt.or_empty(kv_padding_size), attrs)
+
+
+def _incre_flash_attention_ascend(query, key, value, attn_mask, actual_seq_lengths, pse_shift, dequant_scale1,
+    quant_scale1, dequant_scale2, quant_scale2, quant_offset2, antiquant_scale, antiquant_offset, block_table,
+    kv_padding_size, num_heads, input_layout, scale_value, num_key_value_heads, block_size, inner_precise):
+    """Ascend path of the primitive IncreFlashAttention: our checks, then MindSpore's own kernel."""
+    checked = _incre_flash_attention_check((num_heads, input_layout, scale_value, num_key_value_heads, block_size,
+        inner_precise,), query, _rt.single_tensor(key, 'IncreFlashAttention', 'key'), _rt.single_tensor(value,
+        'IncreFlashAttention', 'value'), attn_mask, actual_seq_lengths, pse_shift, dequant_scale1, quant_scale1,
+        dequant_scale2, quant_scale2, quant_offset2, antiquant_scale, antiquant_offset, block_table,
+        kv_padding_size)
+    query = _depend(query, checked[1])  # keeps the checks in a graph
+    return _rt.cached(_ms_IncreFlashAttention)(num_heads, input_layout, scale_value, num_key_value_heads,
+        block_size, inner_precise)(query, key, value, attn_mask, actual_seq_lengths, pse_shift, dequant_scale1,
+        quant_scale1, dequant_scale2, quant_scale2, quant_offset2, antiquant_scale, antiquant_offset, block_table,
+        kv_padding_size)
 
 
 
@@ -406,7 +456,7 @@ def incre_flash_attention(query, key, value, attn_mask=None, actual_seq_lengths=
             _rt.single_tensor(value, 'IncreFlashAttention', 'value'), attn_mask, actual_seq_lengths, pse_shift,
             dequant_scale1, quant_scale1, dequant_scale2, quant_scale2, quant_offset2, antiquant_scale,
             antiquant_offset, block_table, kv_padding_size)
-        query = _depend(query, checked)  # keeps the checks in a graph
+        query = _depend(query, checked[1])  # keeps the checks in a graph
         return _ms_incre_flash_attention(query, key, value, attn_mask=attn_mask,
             actual_seq_lengths=actual_seq_lengths, pse_shift=pse_shift, dequant_scale1=dequant_scale1,
             quant_scale1=quant_scale1, dequant_scale2=dequant_scale2, quant_scale2=quant_scale2,
@@ -422,23 +472,37 @@ def incre_flash_attention(query, key, value, attn_mask=None, actual_seq_lengths=
 _prompt_flash_attention_check = _base.Validator('prompt_flash_attention')
 
 _ms_prompt_flash_attention = getattr(_ms_ops, 'prompt_flash_attention', None)
+_ms_PromptFlashAttention = getattr(_ms_auto_generate, 'PromptFlashAttention', None)
 
 
 def _prompt_flash_attention(query, key, value, attn_mask, actual_seq_lengths, actual_seq_lengths_kv, pse_shift,
     deq_scale1, quant_scale1, deq_scale2, quant_scale2, quant_offset2, num_heads, scale_value, pre_tokens,
     next_tokens, input_layout, num_key_value_heads, sparse_mode, inner_precise):
     """CPU path of prompt_flash_attention: arguments in the primitive's order, every output."""
-    attrs = _prompt_flash_attention_check((num_heads, scale_value, pre_tokens, next_tokens, input_layout,
-        num_key_value_heads, sparse_mode, inner_precise,), query, key, value, attn_mask, actual_seq_lengths,
-        actual_seq_lengths_kv, pse_shift, deq_scale1, quant_scale1, deq_scale2, quant_scale2, quant_offset2)
-    kernel = _rt.cached(_base.KernelPrimitive)('prompt_flash_attention', (num_heads, scale_value, pre_tokens,
-        next_tokens, input_layout, num_key_value_heads, sparse_mode, inner_precise,), (False, False, False,
+    attr_values, attrs = _prompt_flash_attention_check((num_heads, scale_value, pre_tokens, next_tokens,
+        input_layout, num_key_value_heads, sparse_mode, inner_precise,), query, key, value, attn_mask,
+        actual_seq_lengths, actual_seq_lengths_kv, pse_shift, deq_scale1, quant_scale1, deq_scale2, quant_scale2,
+        quant_offset2)
+    kernel = _rt.cached(_base.KernelPrimitive)('prompt_flash_attention', attr_values, (False, False, False,
         attn_mask is None, actual_seq_lengths is None, actual_seq_lengths_kv is None, pse_shift is None, deq_scale1
         is None, quant_scale1 is None, deq_scale2 is None, quant_scale2 is None, quant_offset2 is None,))
     return kernel(query, key, value, _rt.or_empty(attn_mask), _rt.int_tensor(actual_seq_lengths),
         _rt.int_tensor(actual_seq_lengths_kv), _rt.or_empty(pse_shift), _rt.or_empty(deq_scale1),
         _rt.or_empty(quant_scale1), _rt.or_empty(deq_scale2), _rt.or_empty(quant_scale2),
         _rt.or_empty(quant_offset2), attrs)
+
+
+def _prompt_flash_attention_ascend(query, key, value, attn_mask, actual_seq_lengths, actual_seq_lengths_kv,
+    pse_shift, deq_scale1, quant_scale1, deq_scale2, quant_scale2, quant_offset2, num_heads, scale_value,
+    pre_tokens, next_tokens, input_layout, num_key_value_heads, sparse_mode, inner_precise):
+    """Ascend path of the primitive PromptFlashAttention: our checks, then MindSpore's own kernel."""
+    checked = _prompt_flash_attention_check((num_heads, scale_value, pre_tokens, next_tokens, input_layout,
+        num_key_value_heads, sparse_mode, inner_precise,), query, key, value, attn_mask, actual_seq_lengths,
+        actual_seq_lengths_kv, pse_shift, deq_scale1, quant_scale1, deq_scale2, quant_scale2, quant_offset2)
+    query = _depend(query, checked[1])  # keeps the checks in a graph
+    return _rt.cached(_ms_PromptFlashAttention)(num_heads, scale_value, pre_tokens, next_tokens, input_layout,
+        num_key_value_heads, sparse_mode, inner_precise)(query, key, value, attn_mask, actual_seq_lengths,
+        actual_seq_lengths_kv, pse_shift, deq_scale1, quant_scale1, deq_scale2, quant_scale2, quant_offset2)
 
 
 
@@ -468,7 +532,7 @@ def prompt_flash_attention(query, key, value, attn_mask=None, actual_seq_lengths
         checked = _prompt_flash_attention_check((num_heads, scale_value, pre_tokens, next_tokens, input_layout,
             num_key_value_heads, sparse_mode, inner_precise,), query, key, value, attn_mask, actual_seq_lengths,
             actual_seq_lengths_kv, pse_shift, deq_scale1, quant_scale1, deq_scale2, quant_scale2, quant_offset2)
-        query = _depend(query, checked)  # keeps the checks in a graph
+        query = _depend(query, checked[1])  # keeps the checks in a graph
         return _ms_prompt_flash_attention(query, key, value, attn_mask=attn_mask,
             actual_seq_lengths=actual_seq_lengths, actual_seq_lengths_kv=actual_seq_lengths_kv, pse_shift=pse_shift,
             deq_scale1=deq_scale1, quant_scale1=quant_scale1, deq_scale2=deq_scale2, quant_scale2=quant_scale2,
@@ -483,22 +547,35 @@ def prompt_flash_attention(query, key, value, attn_mask=None, actual_seq_lengths
 _sparse_flash_attention_check = _base.Validator('sparse_flash_attention')
 
 _ms_sparse_flash_attention = getattr(_ms_ops, 'sparse_flash_attention', None)
+_ms_SparseFlashAttention = getattr(_ms_auto_generate, 'SparseFlashAttention', None)
 
 
 def _sparse_flash_attention(query, key, value, sparse_indices, scale_value, block_table, actual_seq_lengths_query,
     actual_seq_lengths_kv, query_rope, key_rope, sparse_block_size, layout_query, layout_kv, sparse_mode,
     pre_tokens, next_tokens, attention_mode, return_softmax_lse):
     """CPU path of sparse_flash_attention: arguments in the primitive's order, every output."""
-    attrs = _sparse_flash_attention_check((scale_value, sparse_block_size, layout_query, layout_kv, sparse_mode,
-        pre_tokens, next_tokens, attention_mode, return_softmax_lse,), query, key, value, sparse_indices,
-        block_table, actual_seq_lengths_query, actual_seq_lengths_kv, query_rope, key_rope)
-    kernel = _rt.cached(_base.KernelPrimitive)('sparse_flash_attention', (scale_value, sparse_block_size,
-        layout_query, layout_kv, sparse_mode, pre_tokens, next_tokens, attention_mode, return_softmax_lse,), (False,
-        False, False, False, block_table is None, actual_seq_lengths_query is None, actual_seq_lengths_kv is None,
-        query_rope is None, key_rope is None,))
+    attr_values, attrs = _sparse_flash_attention_check((scale_value, sparse_block_size, layout_query, layout_kv,
+        sparse_mode, pre_tokens, next_tokens, attention_mode, return_softmax_lse,), query, key, value,
+        sparse_indices, block_table, actual_seq_lengths_query, actual_seq_lengths_kv, query_rope, key_rope)
+    kernel = _rt.cached(_base.KernelPrimitive)('sparse_flash_attention', attr_values, (False, False, False, False,
+        block_table is None, actual_seq_lengths_query is None, actual_seq_lengths_kv is None, query_rope is None,
+        key_rope is None,))
     return kernel(query, key, value, sparse_indices, _rt.or_empty(block_table),
         _rt.int_tensor(actual_seq_lengths_query), _rt.int_tensor(actual_seq_lengths_kv), _rt.or_empty(query_rope),
         _rt.or_empty(key_rope), attrs)
+
+
+def _sparse_flash_attention_ascend(query, key, value, sparse_indices, scale_value, block_table,
+    actual_seq_lengths_query, actual_seq_lengths_kv, query_rope, key_rope, sparse_block_size, layout_query,
+    layout_kv, sparse_mode, pre_tokens, next_tokens, attention_mode, return_softmax_lse):
+    """Ascend path of the primitive SparseFlashAttention: our checks, then MindSpore's own kernel."""
+    checked = _sparse_flash_attention_check((scale_value, sparse_block_size, layout_query, layout_kv, sparse_mode,
+        pre_tokens, next_tokens, attention_mode, return_softmax_lse,), query, key, value, sparse_indices,
+        block_table, actual_seq_lengths_query, actual_seq_lengths_kv, query_rope, key_rope)
+    query = _depend(query, checked[1])  # keeps the checks in a graph
+    return _rt.cached(_ms_SparseFlashAttention)()(query, key, value, sparse_indices, scale_value, block_table,
+        actual_seq_lengths_query, actual_seq_lengths_kv, query_rope, key_rope, sparse_block_size, layout_query,
+        layout_kv, sparse_mode, pre_tokens, next_tokens, attention_mode, return_softmax_lse)
 
 
 
@@ -527,7 +604,7 @@ def sparse_flash_attention(query, key, value, sparse_indices, scale_value, *, bl
         checked = _sparse_flash_attention_check((scale_value, sparse_block_size, layout_query, layout_kv,
             sparse_mode, pre_tokens, next_tokens, attention_mode, return_softmax_lse,), query, key, value,
             sparse_indices, block_table, actual_seq_lengths_query, actual_seq_lengths_kv, query_rope, key_rope)
-        query = _depend(query, checked)  # keeps the checks in a graph
+        query = _depend(query, checked[1])  # keeps the checks in a graph
         return _ms_sparse_flash_attention(query, key, value, sparse_indices, scale_value, block_table=block_table,
             actual_seq_lengths_query=actual_seq_lengths_query, actual_seq_lengths_kv=actual_seq_lengths_kv,
             query_rope=query_rope, key_rope=key_rope, sparse_block_size=sparse_block_size,
@@ -541,22 +618,35 @@ def sparse_flash_attention(query, key, value, sparse_indices, scale_value, *, bl
 _speed_fusion_attention_check = _base.Validator('speed_fusion_attention')
 
 _ms_speed_fusion_attention = getattr(_ms_ops, 'speed_fusion_attention', None)
+_ms_SpeedFusionAttention = getattr(_ms_auto_generate, 'SpeedFusionAttention', None)
 
 
 def _speed_fusion_attention(query, key, value, head_num, input_layout, pse, padding_mask, atten_mask, scale,
     keep_prob, pre_tokens, next_tokens, inner_precise, prefix, actual_seq_qlen, actual_seq_kvlen, sparse_mode,
     gen_mask_parallel, sync, pse_type, q_start_idx, kv_start_idx):
     """CPU path of speed_fusion_attention: arguments in the primitive's order, every output."""
-    attrs = _speed_fusion_attention_check((head_num, input_layout, scale, keep_prob, pre_tokens, next_tokens,
-        inner_precise, sparse_mode, gen_mask_parallel, sync, pse_type,), query, key, value, pse, padding_mask,
-        atten_mask, prefix, actual_seq_qlen, actual_seq_kvlen, q_start_idx, kv_start_idx)
-    kernel = _rt.cached(_base.KernelPrimitive)('speed_fusion_attention', (head_num, input_layout, scale, keep_prob,
-        pre_tokens, next_tokens, inner_precise, sparse_mode, gen_mask_parallel, sync, pse_type,), (False, False,
-        False, True, True, pse is None, padding_mask is None, atten_mask is None, prefix is None, actual_seq_qlen is
-        None, actual_seq_kvlen is None, q_start_idx is None, kv_start_idx is None,))
+    attr_values, attrs = _speed_fusion_attention_check((head_num, input_layout, scale, keep_prob, pre_tokens,
+        next_tokens, inner_precise, sparse_mode, gen_mask_parallel, sync, pse_type,), query, key, value, pse,
+        padding_mask, atten_mask, prefix, actual_seq_qlen, actual_seq_kvlen, q_start_idx, kv_start_idx)
+    kernel = _rt.cached(_base.KernelPrimitive)('speed_fusion_attention', attr_values, (False, False, False, True,
+        True, pse is None, padding_mask is None, atten_mask is None, prefix is None, actual_seq_qlen is None,
+        actual_seq_kvlen is None, q_start_idx is None, kv_start_idx is None,))
     return kernel(query, key, value, _rt.EMPTY, _rt.EMPTY, _rt.or_empty(pse), _rt.or_empty(padding_mask),
         _rt.or_empty(atten_mask), _rt.int_tensor(prefix), _rt.int_tensor(actual_seq_qlen),
         _rt.int_tensor(actual_seq_kvlen), _rt.int_tensor(q_start_idx), _rt.int_tensor(kv_start_idx), attrs)
+
+
+def _speed_fusion_attention_ascend(query, key, value, head_num, input_layout, pse, padding_mask, atten_mask, scale,
+    keep_prob, pre_tokens, next_tokens, inner_precise, prefix, actual_seq_qlen, actual_seq_kvlen, sparse_mode,
+    gen_mask_parallel, sync, pse_type, q_start_idx, kv_start_idx):
+    """Ascend path of the primitive SpeedFusionAttention: our checks, then MindSpore's own kernel."""
+    checked = _speed_fusion_attention_check((head_num, input_layout, scale, keep_prob, pre_tokens, next_tokens,
+        inner_precise, sparse_mode, gen_mask_parallel, sync, pse_type,), query, key, value, pse, padding_mask,
+        atten_mask, prefix, actual_seq_qlen, actual_seq_kvlen, q_start_idx, kv_start_idx)
+    query = _depend(query, checked[1])  # keeps the checks in a graph
+    return _rt.cached(_ms_SpeedFusionAttention)()(query, key, value, head_num, input_layout, pse, padding_mask,
+        atten_mask, scale, keep_prob, pre_tokens, next_tokens, inner_precise, prefix, actual_seq_qlen,
+        actual_seq_kvlen, sparse_mode, gen_mask_parallel, sync, pse_type, q_start_idx, kv_start_idx)
 
 
 
@@ -581,7 +671,7 @@ def speed_fusion_attention(query, key, value, head_num, input_layout, *, pse=Non
         checked = _speed_fusion_attention_check((head_num, input_layout, scale, keep_prob, pre_tokens, next_tokens,
             inner_precise, sparse_mode, gen_mask_parallel, sync, pse_type,), query, key, value, pse, padding_mask,
             atten_mask, prefix, actual_seq_qlen, actual_seq_kvlen, q_start_idx, kv_start_idx)
-        query = _depend(query, checked)  # keeps the checks in a graph
+        query = _depend(query, checked[1])  # keeps the checks in a graph
         return _ms_speed_fusion_attention(query, key, value, head_num, input_layout, pse=pse,
             padding_mask=padding_mask, atten_mask=atten_mask, scale=scale, keep_prob=keep_prob,
             pre_tokens=pre_tokens, next_tokens=next_tokens, inner_precise=inner_precise, prefix=prefix,

@@ -28,7 +28,10 @@ from ms_attention.kernels.cpu import loader
 
 
 def _unserved(op_name: str) -> Optional[RuntimeError]:
-    """The error a call raises when no kernel serves the operator on this machine, else None."""
+    """The error a call raises when no kernel serves the operator on this machine, else None. On Ascend,
+    MindSpore's own kernels serve the family (the generated code dispatches there)."""
+    if backends.on_ascend():
+        return None
     choice = backends.select(op_name)
     if choice.backend == "none":
         return choice.unserved_error(opdef.get(op_name).class_name)
@@ -55,6 +58,8 @@ def check_attrs(op_name: str, values: Tuple[Any, ...]) -> Dict[str, Any]:
         raise error
     if any(v is None for v in values):
         _require_constants(op_name, values)
+    if registry.module(op_name) is None:      # declared only, on Ascend: MindSpore's own checks apply
+        return {}
     return _checked_attrs(op_name, tuple(values))[0]
 
 
@@ -68,8 +73,13 @@ def _require_constants(op_name: str, values) -> None:
                 f"mutable(). Attributes must be constants.")
 
 
+_NOTHING_CHECKED = Tensor(np.zeros((0,), np.float64))
+
+
 class Validator(PrimitiveWithInfer):
-    """Validation of one operator as a constant primitive; returns the kernel's attribute vector."""
+    """Validation of one operator as a constant primitive. Returns (the attribute values, the kernel's
+    attribute vector): the kernel primitive is made from the first, so Graph mode evaluates the checks before
+    it, and the kernel reads the second."""
 
     def __init__(self, op_name: str):
         super().__init__(f"{opdef.get(op_name).class_name}Check")
@@ -88,15 +98,19 @@ class Validator(PrimitiveWithInfer):
 
     # Graph mode (and ms.jit): abstract values at compile time
     def __infer__(self, attr_values, *inputs):
+        if registry.module(self.op_name) is None and _unserved(self.op_name) is None:
+            return {"shape": None, "dtype": None, "value": (attr_values["value"], _NOTHING_CHECKED)}
         attrs, vector = self._attrs(attr_values["value"])
         metas, static = {}, {}
         for name, item in zip(self._names, inputs):
             metas[name], static[name] = _meta_of_abstract(item)
         registry.validate(self.op_name, metas, attrs, {n: static[n] for n in self._static_names})
-        return {"shape": None, "dtype": None, "value": vector}
+        return {"shape": None, "dtype": None, "value": (tuple(attr_values["value"]), vector)}
 
     # PyNative: real tensors
     def __call__(self, attr_values, *inputs):
+        if registry.module(self.op_name) is None and _unserved(self.op_name) is None:
+            return attr_values, _NOTHING_CHECKED
         attrs, vector = self._attrs(attr_values)
         metas, static, tensors = {}, {}, {}
         for name, value in zip(self._names, inputs):
@@ -117,7 +131,7 @@ class Validator(PrimitiveWithInfer):
                 values[name] = np.asarray(static[name], np.int64)
         if values:
             module.check_values(values, metas, attrs)
-        return vector
+        return attr_values, vector
 
 
 def _meta_of_abstract(item) -> Tuple[Optional[TensorMeta], Optional[Tuple[Any, ...]]]:

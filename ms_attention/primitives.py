@@ -8,6 +8,7 @@ from mindspore import jit_class as _jit_class
 
 from ms_attention import ops as _ops
 from ms_attention._runtime import check_attrs as _rt_check_attrs
+from ms_attention._runtime import on_ascend as _rt_on_ascend
 
 __all__ = ['AdvanceStepFlashattn', 'FlashAttentionScore', 'FusedInferAttentionScore', 'FusedInferAttentionScoreV2',
     'IncreFlashAttention', 'PromptFlashAttention', 'SparseFlashAttention', 'SpeedFusionAttention']
@@ -71,6 +72,11 @@ class FlashAttentionScore:
 
     def __call__(self, query, key, value, real_shift=None, drop_mask=None, padding_mask=None, attn_mask=None,
         prefix=None, actual_seq_qlen=None, actual_seq_kvlen=None):
+        if _rt_on_ascend():
+            return _ops._flash_attention_score_ascend(query, key, value, real_shift, drop_mask, padding_mask,
+                attn_mask, prefix, actual_seq_qlen, actual_seq_kvlen, self.head_num, self.keep_prob,
+                self.scale_value, self.pre_tokens, self.next_tokens, self.inner_precise, self.input_layout,
+                self.sparse_mode)
         return _ops._flash_attention_score(query, key, value, real_shift, drop_mask, padding_mask, attn_mask,
             prefix, actual_seq_qlen, actual_seq_kvlen, self.head_num, self.keep_prob, self.scale_value,
             self.pre_tokens, self.next_tokens, self.inner_precise, self.input_layout, self.sparse_mode)
@@ -122,6 +128,15 @@ class FusedInferAttentionScore:
         kv_padding_size=None, key_antiquant_scale=None, key_antiquant_offset=None, value_antiquant_scale=None,
         value_antiquant_offset=None, key_shared_prefix=None, value_shared_prefix=None,
         actual_shared_prefix_len=None):
+        if _rt_on_ascend():
+            return _ops._fused_infer_attention_score_ascend(query, key, value, pse_shift, attn_mask,
+                actual_seq_lengths, actual_seq_lengths_kv, dequant_scale1, quant_scale1, dequant_scale2,
+                quant_scale2, quant_offset2, antiquant_scale, antiquant_offset, block_table, query_padding_size,
+                kv_padding_size, key_antiquant_scale, key_antiquant_offset, value_antiquant_scale,
+                value_antiquant_offset, key_shared_prefix, value_shared_prefix, actual_shared_prefix_len,
+                self.num_heads, self.scale_value, self.pre_tokens, self.next_tokens, self.input_layout,
+                self.num_key_value_heads, self.sparse_mode, self.inner_precise, self.block_size,
+                self.antiquant_mode, self.softmax_lse_flag, self.key_antiquant_mode, self.value_antiquant_mode)
         return _ops._fused_infer_attention_score(query, key, value, pse_shift, attn_mask, actual_seq_lengths,
             actual_seq_lengths_kv, dequant_scale1, quant_scale1, dequant_scale2, quant_scale2, quant_offset2,
             antiquant_scale, antiquant_offset, block_table, query_padding_size, kv_padding_size,
@@ -240,6 +255,11 @@ class IncreFlashAttention:
     def __call__(self, query, key, value, attn_mask=None, actual_seq_lengths=None, pse_shift=None,
         dequant_scale1=None, quant_scale1=None, dequant_scale2=None, quant_scale2=None, quant_offset2=None,
         antiquant_scale=None, antiquant_offset=None, block_table=None, kv_padding_size=None):
+        if _rt_on_ascend():
+            return _ops._incre_flash_attention_ascend(query, key, value, attn_mask, actual_seq_lengths, pse_shift,
+                dequant_scale1, quant_scale1, dequant_scale2, quant_scale2, quant_offset2, antiquant_scale,
+                antiquant_offset, block_table, kv_padding_size, self.num_heads, self.input_layout, self.scale_value,
+                self.num_key_value_heads, self.block_size, self.inner_precise)
         return _ops._incre_flash_attention(query, key, value, attn_mask, actual_seq_lengths, pse_shift,
             dequant_scale1, quant_scale1, dequant_scale2, quant_scale2, quant_offset2, antiquant_scale,
             antiquant_offset, block_table, kv_padding_size, self.num_heads, self.input_layout, self.scale_value,
@@ -281,6 +301,11 @@ class PromptFlashAttention:
 
     def __call__(self, query, key, value, attn_mask=None, actual_seq_lengths=None, actual_seq_lengths_kv=None,
         pse_shift=None, deq_scale1=None, quant_scale1=None, deq_scale2=None, quant_scale2=None, quant_offset2=None):
+        if _rt_on_ascend():
+            return _ops._prompt_flash_attention_ascend(query, key, value, attn_mask, actual_seq_lengths,
+                actual_seq_lengths_kv, pse_shift, deq_scale1, quant_scale1, deq_scale2, quant_scale2, quant_offset2,
+                self.num_heads, self.scale_value, self.pre_tokens, self.next_tokens, self.input_layout,
+                self.num_key_value_heads, self.sparse_mode, self.inner_precise)
         return _ops._prompt_flash_attention(query, key, value, attn_mask, actual_seq_lengths, actual_seq_lengths_kv,
             pse_shift, deq_scale1, quant_scale1, deq_scale2, quant_scale2, quant_offset2, self.num_heads,
             self.scale_value, self.pre_tokens, self.next_tokens, self.input_layout, self.num_key_value_heads,
@@ -314,6 +339,10 @@ class SparseFlashAttention:
         actual_seq_lengths_query=None, actual_seq_lengths_kv=None, query_rope=None, key_rope=None,
         sparse_block_size=1, layout_query='BSND', layout_kv='BSND', sparse_mode=3, pre_tokens=9223372036854775807,
         next_tokens=9223372036854775807, attention_mode=0, return_softmax_lse=False):
+        if _rt_on_ascend():
+            return _ops._sparse_flash_attention_ascend(query, key, value, sparse_indices, scale_value, block_table,
+                actual_seq_lengths_query, actual_seq_lengths_kv, query_rope, key_rope, sparse_block_size,
+                layout_query, layout_kv, sparse_mode, pre_tokens, next_tokens, attention_mode, return_softmax_lse)
         return _ops._sparse_flash_attention(query, key, value, sparse_indices, scale_value, block_table,
             actual_seq_lengths_query, actual_seq_lengths_kv, query_rope, key_rope, sparse_block_size, layout_query,
             layout_kv, sparse_mode, pre_tokens, next_tokens, attention_mode, return_softmax_lse)
@@ -346,6 +375,10 @@ class SpeedFusionAttention:
         scale=1.0, keep_prob=1.0, pre_tokens=2147483647, next_tokens=2147483647, inner_precise=0, prefix=None,
         actual_seq_qlen=None, actual_seq_kvlen=None, sparse_mode=0, gen_mask_parallel=True, sync=False, pse_type=1,
         q_start_idx=None, kv_start_idx=None):
+        if _rt_on_ascend():
+            return _ops._speed_fusion_attention_ascend(query, key, value, head_num, input_layout, pse, padding_mask,
+                atten_mask, scale, keep_prob, pre_tokens, next_tokens, inner_precise, prefix, actual_seq_qlen,
+                actual_seq_kvlen, sparse_mode, gen_mask_parallel, sync, pse_type, q_start_idx, kv_start_idx)
         return _ops._speed_fusion_attention(query, key, value, head_num, input_layout, pse, padding_mask,
             atten_mask, scale, keep_prob, pre_tokens, next_tokens, inner_precise, prefix, actual_seq_qlen,
             actual_seq_kvlen, sparse_mode, gen_mask_parallel, sync, pse_type, q_start_idx, kv_start_idx)
