@@ -25,7 +25,7 @@ def main(argv=None):
     lib = loader.library()
     print(f"native library: {lib.path + ' (' + lib.variant + ', ' + ' '.join(lib.isa) + ')' if lib else None}")
     for name in opdef.names():
-        choice = backends.select(name, {})
+        choice = backends.select(name)
         print(f"{name:34s} {choice.backend:10s} {'; '.join(choice.reasons)}")
     return 0
 

@@ -188,3 +188,15 @@ def test_paged_decode_loop_with_parameter_cache(mode, layout):
                              block_table=table, num_heads=HEADS, input_layout=layout, scale_value=DIM ** -0.5,
                              num_key_value_heads=KV_HEADS, block_size=BLOCK)
         assert_close(to_numpy(out), expected, "float16")
+
+
+class CreatedInConstruct(nn.Cell):
+    def construct(self, q, k, v):
+        return primitives.IncreFlashAttention(num_heads=4, num_key_value_heads=2, scale_value=0.25)(q, [k], [v])
+
+
+def test_primitive_created_inside_construct(mode):
+    case = Case(b=2, n=4, kvn=2, s=12, d=16, layout="BSH")
+    case.attrs["scale_value"] = 0.25
+    out = _call(mode, CreatedInConstruct(), case.ms["query"], case.ms["key"], case.ms["value"])
+    assert_close(to_numpy(out), case.expected(), "float16")

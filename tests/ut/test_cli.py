@@ -1,0 +1,11 @@
+"""`python -m ms_attention check` lists every operator with the kernel that serves it on this machine."""
+from ms_attention import __main__ as cli
+from ms_attention import opdef
+
+
+def test_check_lists_every_operator(capsys):
+    assert cli.main(["check"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    served = {line.split()[0]: line.split()[1] for line in lines[1:]}
+    assert set(served) == set(opdef.names())
+    assert served["incre_flash_attention"] == "cpu"
