@@ -56,6 +56,26 @@ MODEL_CODE = textwrap.dedent("""
         def construct(self, q, k, v, lens):
             return self.op(q, [k], [v], None, lens, None, None, None, None, None, None, None, None, None, None)
 
+    from mindspore import mutable
+    from mindspore.common.api import jit
+
+    class MindSporeSTStyle(nn.Cell):
+        # as MindSpore's own ST test: @jit construct, key/value as mutable tuples, 20 positional arguments
+        def __init__(self):
+            super().__init__()
+            self.ifa = ifa_from_nn_func
+        @jit
+        def construct(self, q, k, v, lens):
+            return self.ifa(q, k, v, None, lens, None, None, None, None, None, None, None, None, None,
+                            N, "BSH", 0.25, KVN, 0, 1)
+
+    class MutableKey(nn.Cell):
+        def __init__(self, cell):
+            super().__init__()
+            self.cell = cell
+        def construct(self, q, k, v, lens):
+            return self.cell(q, mutable((k,)), mutable((v,)), lens)
+
     from ms_attention.kernels.reference.incre_flash_attention import incre_flash_attention as reference
     expected = reference(q.asnumpy().astype(np.float32), k.asnumpy().astype(np.float32),
                          v.asnumpy().astype(np.float32), actual_seq_lengths=[S, 9], num_heads=N,
@@ -69,6 +89,7 @@ MODEL_CODE = textwrap.dedent("""
         "operations.nn_ops.IncreFlashAttention": Primitive(P.IncreFlashAttention),
         "auto_generate.IncreFlashAttention": Primitive(IFAAutoGenerate),
         "gen_ops_prim.IncreFlashAttention": Primitive(IFAGenOpsPrim),
+        "jit construct, mutable key tuple": MutableKey(MindSporeSTStyle()),
     }
     for name, cell in paths.items():
         try:
@@ -93,7 +114,7 @@ def _run(code, tmp_path, name):
 def test_every_path_reaches_ms_attention(mode, tmp_path):
     out = _run(MODEL_CODE % dict(parent=PACKAGE_PARENT, mode=mode), tmp_path, "model")
     results = [line for line in out.splitlines() if line.startswith("PATH ")]
-    assert len(results) == 8, out
+    assert len(results) == 9, out
     assert all(line.endswith(" OK") for line in results), "\n".join(results)
 
 
