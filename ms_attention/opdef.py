@@ -127,7 +127,7 @@ def _load_doc(name: str) -> str:
         return yaml.safe_load(f)[name]["description"]
 
 
-def _parse_op(name: str, spec: Dict[str, Any]) -> OpDef:
+def _parse_op(name: str, spec: Dict[str, Any], doc: Optional[str] = None) -> OpDef:
     args = tuple(_parse_arg(n, s) for n, s in spec["args"].items())
     by_name = {a.name: a for a in args}
     function = spec["function"]
@@ -148,9 +148,14 @@ def _parse_op(name: str, spec: Dict[str, Any]) -> OpDef:
         ascend_primitive=(spec.get("dispatch") or {}).get("Ascend"),
         source=spec.get("source", "mindspore"),
         torch_npu_name=spec.get("torch_npu_name"),
-        doc=_load_doc(name),
+        doc=_load_doc(name) if doc is None else doc,
         labels=tuple(sorted((spec.get("labels") or {}).items())),
     )
+
+
+def parse(name: str, spec: Dict[str, Any], doc: str = "") -> OpDef:
+    """An OpDef from one op_def mapping that is not in ops_yaml/ (tests of the primitive machinery)."""
+    return _parse_op(name, spec, doc)
 
 
 @functools.lru_cache(maxsize=None)

@@ -162,15 +162,21 @@ def _reg_info(op: opdef.OpDef):
 class KernelPrimitive(ops.Custom):
     """The AOT Custom op of one operator, for one attribute tuple and one set of present optional inputs."""
 
-    def __init__(self, op_name: str, attr_values: Tuple[Any, ...], absent: Tuple[bool, ...]):
-        op = opdef.get(op_name)
+    def __init__(self, op_name: str, attr_values: Tuple[Any, ...], absent: Tuple[bool, ...], *,
+                 op: Optional[opdef.OpDef] = None, module: Any = None, library_path: Optional[str] = None):
+        """`op`, `module` and `library_path` default to the operator's OpDef, infer module and the compiled
+        library; tests of the mechanism pass their own."""
+        op = op or opdef.get(op_name)
         self._op = op
-        self._attrs = check_attrs(op_name, tuple(attr_values))
+        self._module = module or registry.module(op_name)
+        if module is None:
+            self._attrs = check_attrs(op_name, tuple(attr_values))
+        else:
+            self._attrs = module.check_attrs(**dict(zip((a.name for a in op.attributes), attr_values)))
         self._absent = dict(zip((a.name for a in op.tensor_inputs), absent))
-        self._module = registry.module(op_name)
-        lib = loader.library()
+        library_path = library_path or loader.library().path
         bprop = self._module.bprop(self._attrs) if hasattr(self._module, "bprop") else None
-        super().__init__(f"{lib.path}:{op.class_name}", out_shape=None, out_dtype=self._out_dtype,
+        super().__init__(f"{library_path}:{op.class_name}", out_shape=None, out_dtype=self._out_dtype,
                          func_type="aot", bprop=bprop, reg_info=_reg_info(op))
         if op.label("side_effect_mem"):
             self.add_prim_attr("side_effect_mem", True)
