@@ -10,19 +10,16 @@ import dataclasses
 import functools
 import importlib
 import importlib.util
-from typing import Any, Callable, Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 from mindspore import context
 
-from ms_attention import opdef
 from ms_attention.kernels.cpu import loader
 
 
 @dataclasses.dataclass(frozen=True)
 class Choice:
-    backend: str                      # 'cpu', 'reference' or 'none'
-    func: Any = None                  # what ops.Custom runs
-    func_type: str = "pyfunc"
+    backend: str                      # 'cpu' or 'none'
     reasons: Tuple[str, ...] = ()
 
     def unserved_error(self, prim_name: str) -> RuntimeError:
@@ -51,17 +48,16 @@ def _ascend_reason() -> str:
 
 @functools.lru_cache(maxsize=None)
 def select(op_name: str) -> Choice:
-    op = opdef.get(op_name)
     reasons = [_ascend_reason()]
     lib = loader.library()
     if lib is not None and op_name in lib.kernels and importlib.util.find_spec(f"ms_attention.infer.{op_name}"):
-        return Choice("cpu", f"{lib.path}:{op.class_name}", "aot")
+        return Choice("cpu")
     reasons.append("cpu: " + (loader.why_unavailable() if lib is None else "not implemented yet"))
     if reference_kernel(op_name) is not None:
         # The numpy golden exists (ms_attention.kernels.reference), but MindSpore 2.10's pyfunc Custom cannot
         # carry the shape-(0,) tensors that stand for absent inputs ("memcpy failed"), so it cannot serve calls.
         reasons.append("reference: MindSpore 2.10's pyfunc Custom cannot carry the empty tensors of absent "
                        "inputs; call ms_attention.kernels.reference directly on numpy arrays instead")
-        return Choice("none", None, "pyfunc", tuple(reasons))
+        return Choice("none", tuple(reasons))
     reasons.append("reference: not implemented yet")
-    return Choice("none", None, "pyfunc", tuple(reasons))
+    return Choice("none", tuple(reasons))

@@ -101,6 +101,3 @@ def uninstall() -> None:
         else:
             setattr(module, attr, original)
 
-
-def installed() -> bool:
-    return bool(_saved)

@@ -69,15 +69,6 @@ def dtype_name(dtype: Any) -> str:
     return {"float": "float32", "double": "float64", "half": "float16"}.get(name, name)
 
 
-def meta(shape: Any, dtype: Any) -> Optional[TensorMeta]:
-    """An absent optional input travels as a shape-(0,) tensor (or None): both mean 'not given'."""
-    if shape is None:
-        return None
-    shape = tuple(int(d) for d in shape)
-    if shape == (0,):
-        return None
-    return TensorMeta(shape, dtype_name(dtype))
-
 
 def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)

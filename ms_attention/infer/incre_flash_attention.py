@@ -10,7 +10,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from ms_attention.infer import geometry, paged, quant, seq_lengths
-from ms_attention.infer.common import UNKNOWN, Checker, TensorMeta, known, same
+from ms_attention.infer.common import Checker, TensorMeta, known, same
 
 PRIM_NAME = "IncreFlashAttention"
 LAYOUTS = ("BSH", "BNSD", "BSND")

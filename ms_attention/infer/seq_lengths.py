@@ -5,7 +5,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from ms_attention.infer.common import Checker, TensorMeta, is_int, known, same
+from ms_attention.infer.common import Checker, TensorMeta, is_int, known
 
 INT_TYPES = ("int64", "int32")
 
@@ -42,6 +42,3 @@ def per_batch(values: Sequence[int], b: int) -> np.ndarray:
     flat = np.asarray(values, np.int64).reshape(-1)
     return np.broadcast_to(flat, (b,)) if flat.size == 1 else flat
 
-
-def size_matches(m: Optional[TensorMeta], b: int) -> bool:
-    return m is None or not m.rank_known or same(m.dim(0), b) or m.dim(0) == 1

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 from mindspore import Tensor
-import mindspore as ms
+
 
 from ifa_cases import Case, assert_close, run, to_numpy
 
