@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 from mindspore import Tensor
 
-
 from ifa_cases import Case, assert_close, run, to_numpy
 
 LAYOUTS = ("BSH", "BNSD", "BSND")
