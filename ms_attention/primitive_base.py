@@ -51,16 +51,23 @@ def _checked_attrs_typed(op_name: str, typed: Tuple[Tuple[type, Any], ...]) -> T
     return attrs, vector
 
 
-def check_attrs(op_name: str, values: Tuple[Any, ...]) -> Dict[str, Any]:
-    """Attribute checks of a primitive's __init__ (cached per attribute tuple)."""
+def _attributes(op_name: str, values) -> Optional[Tuple[Dict[str, Any], Tensor]]:
+    """(normalised attributes, attribute vector) after the op's attribute checks; None for an operator that is
+    only declared, on Ascend (MindSpore's own checks apply there)."""
     error = _unserved(op_name)
     if error is not None:
         raise error
-    if any(v is None for v in values):
-        _require_constants(op_name, values)
-    if registry.module(op_name) is None:      # declared only, on Ascend: MindSpore's own checks apply
-        return {}
-    return _checked_attrs(op_name, tuple(values))[0]
+    if values is None or any(v is None for v in values):
+        _require_constants(op_name, values or (None,))
+    if registry.module(op_name) is None:
+        return None
+    return _checked_attrs(op_name, tuple(values))
+
+
+def check_attrs(op_name: str, values: Tuple[Any, ...]) -> Dict[str, Any]:
+    """The attribute checks of a primitive's __init__."""
+    checked = _attributes(op_name, values)
+    return checked[0] if checked is not None else {}
 
 
 def _require_constants(op_name: str, values) -> None:
@@ -88,19 +95,12 @@ class Validator(PrimitiveWithInfer):
         self._names = registry.input_names(op_name)
         self._static_names = set(registry.static_names(op_name))
 
-    def _attrs(self, values) -> Tuple[Dict[str, Any], Tensor]:
-        error = _unserved(self.op_name)
-        if error is not None:
-            raise error
-        if values is None or any(v is None for v in values):
-            _require_constants(self.op_name, values or (None,))
-        return _checked_attrs(self.op_name, tuple(values))
-
     # Graph mode (and ms.jit): abstract values at compile time
     def __infer__(self, attr_values, *inputs):
-        if registry.module(self.op_name) is None and _unserved(self.op_name) is None:
+        checked = _attributes(self.op_name, attr_values["value"])
+        if checked is None:
             return {"shape": None, "dtype": None, "value": (attr_values["value"], _NOTHING_CHECKED)}
-        attrs, vector = self._attrs(attr_values["value"])
+        attrs, vector = checked
         metas, static = {}, {}
         for name, item in zip(self._names, inputs):
             metas[name], static[name] = _meta_of_abstract(item)
@@ -109,9 +109,10 @@ class Validator(PrimitiveWithInfer):
 
     # PyNative: real tensors
     def __call__(self, attr_values, *inputs):
-        if registry.module(self.op_name) is None and _unserved(self.op_name) is None:
+        checked = _attributes(self.op_name, attr_values)
+        if checked is None:
             return attr_values, _NOTHING_CHECKED
-        attrs, vector = self._attrs(attr_values)
+        attrs, vector = checked
         metas, static, tensors = {}, {}, {}
         for name, value in zip(self._names, inputs):
             if isinstance(value, Tensor):
