@@ -53,6 +53,25 @@ SCENARIOS = {
             bt = Tensor(np.array(table, np.int32))
             expect_error(lambda: Net()(t((2, 1, 128)), t((4, 32, 128)), t((4, 32, 128)), bt), RuntimeError)
     """,
+    "graph_fresh_cell_shares_parameters": """
+        # after a rejected step, the same graph refuses to run; a fresh Cell over the same Parameters runs
+        ms.set_context(mode=ms.GRAPH_MODE)
+        from mindspore import Parameter
+        cache = Parameter(t((4, 32, 128)), name="cache")
+        class Net(nn.Cell):
+            def __init__(self, cache):
+                super().__init__()
+                self.cache = cache
+            def construct(self, q, bt):
+                return ops.incre_flash_attention(q, [self.cache], [self.cache], actual_seq_lengths=[40, 3],
+                                                 block_table=bt, num_heads=4, block_size=32)
+        net = Net(cache)
+        good = Tensor(np.array([[0, 1], [2, 3]], np.int32))
+        print("FIRST", net(t((2, 1, 128)), good).shape)
+        expect_error(lambda: net(t((2, 1, 128)), Tensor(np.array([[0, 9], [2, 3]], np.int32))), RuntimeError)
+        expect_error(lambda: net(t((2, 1, 128)), good), RuntimeError)
+        print("AFTER", Net(cache)(t((2, 1, 128)), good).shape)
+    """,
     "raw_kernel_bad_attributes": """
         # the kernel's Custom op called directly, with an attribute vector that contradicts the tensors
         from ms_attention.primitive_base import KernelPrimitive
@@ -102,6 +121,9 @@ def test_no_crash(name, tmp_path):
         assert "SURVIVED" in out, out
     else:
         assert "RAISED RuntimeError" in out, out
-    if name == "graph_seq_tensor_above_s":
+    if name in ("graph_seq_tensor_above_s", "graph_fresh_cell_shares_parameters"):
         assert "AFTER (2, 1, 128)" in out, out
+    if name == "graph_fresh_cell_shares_parameters":
+        assert "FIRST (2, 1, 128)" in out and out.count("RAISED RuntimeError") == 2, out
+    if name == "graph_seq_tensor_above_s":
         assert "actual_seq_lengths" in proc.stderr  # the kernel says what was wrong
