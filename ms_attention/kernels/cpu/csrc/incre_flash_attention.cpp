@@ -12,6 +12,7 @@
 #include "attention/attention.h"
 #include "attention/validate.h"
 #include "common.h"
+#include "infer_shape.h"
 #include "kernel_abi.h"
 
 namespace msa {
@@ -190,3 +191,9 @@ extern "C" int IncreFlashAttention(int nparam, void **params, int *ndims, int64_
   return 0;
 }
 
+// The output shape is the query's, unknown dims and rank included.
+extern "C" std::vector<int64_t> IncreFlashAttentionInferShape(int *ndims, int64_t **shapes,
+                                                              mindspore::AotExtra *extra) {
+  (void)extra;
+  return msa::InputShape(ndims, shapes, msa::abi::incre_flash_attention::in::kQuery);
+}
