@@ -19,7 +19,7 @@ CSRC = os.path.join(HERE, "csrc")
 SOURCES = sorted(glob.glob(os.path.join(CSRC, "*.cpp")))  # one per operator, plus common.cpp; the core is headers
 # MindSpore 2.10 is built with the old libstdc++ ABI: the std::vector an InferShape entry point returns and the
 # exceptions a kernel throws cross into it, so the library must use the same ABI.
-BASE_FLAGS = ["-std=c++17", "-O3", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno", "-Wall",
+BASE_FLAGS = ["-std=c++17", "-O3", "-fopenmp-simd", "-pthread", "-fPIC", "-shared", "-fno-math-errno", "-Wall",
               "-Wno-maybe-uninitialized", "-D_GLIBCXX_USE_CXX11_ABI=0"]
 VARIANTS = {"native": ["-march=native", "-mtune=native"], "portable": []}
 

@@ -4,11 +4,9 @@
 // and values once, in tiles of kKeyTile, for all its query rows together (the G heads of the GQA group times
 // the positions of the block): score tile, bias and mask, online softmax, value tile. Splits of the key
 // range (split-K, flash-decoding) keep every thread busy when batch x heads alone cannot; their partial
-// results are merged afterwards. Scratch is allocated once per call, before the parallel region, and
+// results are merged afterwards. Scratch is allocated once per call, before the parallel work, and
 // nothing in it can fail: every index was checked by CheckProblem (validate.h).
 #pragma once
-
-#include <omp.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -21,6 +19,7 @@
 #include "attention/simd.h"
 #include "attention/softmax.h"
 #include "attention/value_tile.h"
+#include "parallel.h"
 
 namespace msa {
 
@@ -166,7 +165,8 @@ void Run(const Problem &p) {
   const int64_t blocks = (max_q + block - 1) / block;
   const int64_t items = p.B * p.kvN * blocks;
   if (items == 0) return;
-  const int threads = omp_get_max_threads();
+  ThreadPool &pool = ThreadPool::Instance();
+  const int threads = pool.threads();
   // Split the keys only when the items alone cannot keep every thread busy.
   int64_t splits = std::max<int64_t>(1, (4 * threads + items - 1) / items);
   splits = std::min(splits, std::max<int64_t>(1, max_kv / kMinSplitKeys));
@@ -184,42 +184,35 @@ void Run(const Problem &p) {
     return u;
   };
 
-// One parallel region: on a machine where the caller's own threads keep the cores busy, every region's
-  // start and end waits for the workers to be scheduled again.
-#pragma omp parallel
-  {
-    float *const thread_scratch = scratch.data() + omp_get_thread_num() * scratch_floats;
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t w = 0; w < units; ++w) {
-      Unit u = item_of(w / splits);
-      const int64_t len = p.kv_len[u.b], s = w % splits;
-      // split boundaries on tile multiples, so only the last tile of a range is partial
-      const int64_t chunk = ((len + splits - 1) / splits + kKeyTile - 1) / kKeyTile * kKeyTile;
-      u.t0 = std::min(len, s * chunk);
-      u.t1 = std::min(len, u.t0 + chunk);
-      float *m = part_m.data() + w * rows, *l = part_l.data() + w * rows, *acc = part_acc.data() + w * rows * D;
-      if (u.np <= 0 || u.t0 >= u.t1) {
-        std::fill(m, m + rows, kNegInf);
-        continue;
-      }
-      Scratch sc(thread_scratch, rows, D);
-      AttendUnit<E>(p, u, sc, m, l, acc);
+  pool.ParallelFor(units, [&](int64_t w, int slot) {
+    Unit u = item_of(w / splits);
+    const int64_t len = p.kv_len[u.b], s = w % splits;
+    // split boundaries on tile multiples, so only the last tile of a range is partial
+    const int64_t chunk = ((len + splits - 1) / splits + kKeyTile - 1) / kKeyTile * kKeyTile;
+    u.t0 = std::min(len, s * chunk);
+    u.t1 = std::min(len, u.t0 + chunk);
+    float *m = part_m.data() + w * rows, *l = part_l.data() + w * rows, *acc = part_acc.data() + w * rows * D;
+    if (u.np <= 0 || u.t0 >= u.t1) {
+      std::fill(m, m + rows, kNegInf);
+      return;
     }
-    // (the implicit barrier: every split is done before any is merged)
-#pragma omp for schedule(static)
-    for (int64_t item = 0; item < items; ++item) {
-      const Unit u = item_of(item);
-      float *o = Scratch(thread_scratch, rows, D).row;
-      const int64_t first = item * splits * rows;  // row r of split s: first + s * rows + r
-      for (int64_t r = 0; r < u.np * G; ++r) {
-        float m = kNegInf, l = 0.f;
-        const bool computed = MergeSplits(part_m.data() + first + r, part_l.data() + first + r, rows,
-                                          part_acc.data() + (first + r) * D, rows * D, splits, D, o, &m, &l);
-        if (computed && p.kv.antiquant.enabled()) ApplyValueAntiquant(p.kv.antiquant, u.kh, D, o);
-        StoreOutputRow(p, u.b, u.kh * G + r % G, p.q_start[u.b] + u.p0 + r / G, o, computed, m, l);
-      }
+    Scratch sc(scratch.data() + slot * scratch_floats, rows, D);
+    AttendUnit<E>(p, u, sc, m, l, acc);
+  });
+
+  // every split is done: merge them, finish and store each row
+  pool.ParallelFor(items, [&](int64_t item, int slot) {
+    const Unit u = item_of(item);
+    float *o = Scratch(scratch.data() + slot * scratch_floats, rows, D).row;
+    const int64_t first = item * splits * rows;  // row r of split s: first + s * rows + r
+    for (int64_t r = 0; r < u.np * G; ++r) {
+      float m = kNegInf, l = 0.f;
+      const bool computed = MergeSplits(part_m.data() + first + r, part_l.data() + first + r, rows,
+                                        part_acc.data() + (first + r) * D, rows * D, splits, D, o, &m, &l);
+      if (computed && p.kv.antiquant.enabled()) ApplyValueAntiquant(p.kv.antiquant, u.kh, D, o);
+      StoreOutputRow(p, u.b, u.kh * G + r % G, p.q_start[u.b] + u.p0 + r / G, o, computed, m, l);
     }
-  }
+  });
 }
 
 }  // namespace detail
