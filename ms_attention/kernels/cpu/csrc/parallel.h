@@ -24,10 +24,10 @@
 
 namespace msa {
 
-// OMP_NUM_THREADS when set (the usual knob, honoured though the pool is not OpenMP), else the CPUs this
-// process may run on.
+// MS_ATTENTION_NUM_THREADS when set, else the CPUs this process may run on. Not OMP_NUM_THREADS: MindSpore
+// sets it to 1 in its own environment when the user has not set it, which would make every kernel serial.
 inline int ConfiguredThreads() {
-  if (const char *env = std::getenv("OMP_NUM_THREADS")) {
+  if (const char *env = std::getenv("MS_ATTENTION_NUM_THREADS")) {
     const int n = std::atoi(env);
     if (n > 0) return n;
   }
