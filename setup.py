@@ -48,7 +48,7 @@ setup(
     version="0.1.0",
     description="MindSpore's flash-attention operators (incre/prompt/fused/flash/sparse) on CPU and Ascend",
     packages=find_packages(include=["ms_attention", "ms_attention.*"]),
-    package_data={"ms_attention.kernels.cpu": ["csrc/*.cpp", "csrc/*.h"]},
+    package_data={"ms_attention.kernels.cpu": ["csrc/*.cpp", "csrc/*.h", "csrc/attention/*.h"]},
     python_requires=">=3.9,<3.12",
     install_requires=["mindspore==2.10.0", "numpy<2", "pyyaml>=5.4"],
     extras_require={"test": ["pytest>=7"]},

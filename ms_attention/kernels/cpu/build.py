@@ -15,14 +15,17 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = sorted(glob.glob(os.path.join(HERE, "csrc", "*.cpp")))
-BASE_FLAGS = ["-std=c++17", "-D_GLIBCXX_USE_CXX11_ABI=0", "-O3", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno", "-Wall",
-              "-Wno-maybe-uninitialized"]
+CSRC = os.path.join(HERE, "csrc")
+SOURCES = sorted(glob.glob(os.path.join(CSRC, "*.cpp")))  # one per operator, plus common.cpp; the core is headers
+# MindSpore 2.10 is built with the old libstdc++ ABI: the std::vector an InferShape entry point returns and the
+# exceptions a kernel throws cross into it, so the library must use the same ABI.
+BASE_FLAGS = ["-std=c++17", "-O3", "-fopenmp-simd", "-pthread", "-fPIC", "-shared", "-fno-math-errno", "-Wall",
+              "-Wno-maybe-uninitialized", "-D_GLIBCXX_USE_CXX11_ABI=0"]
 VARIANTS = {"native": ["-march=native", "-mtune=native"], "portable": []}
 
 
 def _compile(cxx, out_path, extra):
-    cmd = [cxx] + BASE_FLAGS + extra + SOURCES + ["-o", out_path]
+    cmd = [cxx] + BASE_FLAGS + ["-I", CSRC] + extra + SOURCES + ["-o", out_path]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         sys.stderr.write(f"ms_attention: kernel build failed: {' '.join(cmd)}\n{result.stderr}\n")

@@ -1,7 +1,10 @@
 // Error reporting and library metadata shared by every kernel.
 #include "common.h"
 
+#include <cstdarg>
+#include <cstdio>
 #include <mutex>
+#include <stdexcept>
 
 namespace msa {
 namespace {
@@ -9,26 +12,26 @@ std::mutex g_error_mutex;
 std::string g_last_error;
 }  // namespace
 
-int Fail(const char *fmt, ...) {
-  char buf[1024];
+void Fail(const char *prim, const char *fmt, ...) {
+  char body[1024];
   va_list ap;
   va_start(ap, fmt);
-  std::vsnprintf(buf, sizeof(buf), fmt, ap);
+  std::vsnprintf(body, sizeof(body), fmt, ap);
   va_end(ap);
+  std::string message = std::string("For '") + prim + "', " + body;
   {
     std::lock_guard<std::mutex> lock(g_error_mutex);
-    g_last_error = buf;
+    g_last_error = message;
   }
-  std::fprintf(stderr, "ms_attention: %s\n", buf);
-  return 1;
+  throw std::runtime_error(message);
 }
 
 }  // namespace msa
 
 extern "C" {
 
-// The message of the latest failing kernel call ("" when none); the Python side adds it to MindSpore's
-// generic "Return value from CPU AOT kernel ... is 1" error.
+// The message of the latest rejected kernel call ("" when none). The exception already carries it to
+// MindSpore; this stays for callers that inspect the library directly.
 const char *msa_last_error() {
   std::lock_guard<std::mutex> lock(msa::g_error_mutex);
   static thread_local std::string copy;
@@ -52,6 +55,9 @@ const char *msa_isa() {
 #endif
 #if defined(__AVX512BW__)
          "avx512bw "
+#endif
+#if defined(__AVX512VL__)
+         "avx512vl "
 #endif
 #if defined(__AVX512BF16__)
          "avx512_bf16 "

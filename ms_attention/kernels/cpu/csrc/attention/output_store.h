@@ -1,0 +1,39 @@
+// Writing a finished output row: rounding to float16 / bfloat16, or post-quantization to int8, and the
+// optional log-sum-exp. A row that was not computed (no visible key, SPEC.md §2.7) is 0, also after
+// quantization (§6), and its lse is +inf.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "attention/numeric.h"
+#include "attention/problem.h"
+
+namespace msa {
+
+// Row (b, h, i) of the output, i the stored query position; o holds D normalised values (unread when
+// !computed); m and l are the row's softmax max and sum (for lse).
+inline void StoreOutputRow(const Problem &p, int64_t b, int64_t h, int64_t i, const float *o, bool computed, float m,
+                           float l) {
+  const int64_t D = p.D, base = p.out_rows.At(b, h, i);
+  if (p.post_quant.enabled()) {
+    const PostQuant &pq = p.post_quant;
+    int8_t *dst = static_cast<int8_t *>(p.out) + base;
+    for (int64_t d = 0; d < D; ++d) {
+      const int64_t c = pq.per_channel ? h * D + d : 0;
+      dst[d] = computed ? SaturateToInt8(o[d] * pq.scale[c] + (pq.offset ? pq.offset[c] : 0.f)) : 0;
+    }
+  } else if (p.out_dtype == abi::kFloat16) {
+    uint16_t *dst = static_cast<uint16_t *>(p.out) + base;
+    for (int64_t d = 0; d < D; ++d) dst[d] = computed ? FloatToHalf(o[d]) : 0;
+  } else if (p.out_dtype == abi::kBfloat16) {
+    uint16_t *dst = static_cast<uint16_t *>(p.out) + base;
+    for (int64_t d = 0; d < D; ++d) dst[d] = computed ? FloatToBF16(o[d]) : 0;
+  } else {  // float32
+    float *dst = static_cast<float *>(p.out) + base;
+    for (int64_t d = 0; d < D; ++d) dst[d] = computed ? o[d] : 0.f;
+  }
+  if (p.lse != nullptr) p.lse[p.lse_rows.At(b, h, i)] = computed ? m + std::log(l) : INFINITY;
+}
+
+}  // namespace msa

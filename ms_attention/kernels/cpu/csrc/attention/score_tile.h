@@ -1,0 +1,97 @@
+// Scores of a tile: S[r][j] = q_r . k_j for a group of query rows (the G heads of a GQA group, times the query
+// positions of a block) and a tile of keys, as a small GEMM.
+//
+// The query rows are float32 (already scaled); the keys stay in their storage type (float16, bfloat16, int8)
+// and are widened in registers as they are loaded, each key vector serving every query row of the block.
+// A block of MR rows x NR keys keeps its MR * NR partial sums in vector registers over the whole head dim,
+// then reduces them all at once (simd::SumEach) when MR * NR is a full vector's worth.
+#pragma once
+
+#include <cstdint>
+
+#include "attention/simd.h"
+
+namespace msa {
+namespace detail {
+
+#if defined(MSA_SIMD)
+template <class E, int MR, int NR>
+inline void ScoreBlock(const float *q, int64_t ldq, const E *const *k, int64_t D, float *s, int64_t lds) {
+  using namespace simd;
+  Vec acc[MR * NR];
+  for (int i = 0; i < MR * NR; ++i) acc[i] = Zero();
+  int64_t d = 0;
+  for (; d + kWidth <= D; d += kWidth) {
+    Vec qv[MR];
+    for (int r = 0; r < MR; ++r) qv[r] = Load(q + r * ldq + d);
+    for (int j = 0; j < NR; ++j) {
+      const Vec kv = Load(k[j] + d);
+      for (int r = 0; r < MR; ++r) acc[r * NR + j] = Fma(qv[r], kv, acc[r * NR + j]);
+    }
+  }
+  if (d < D) {
+    const int n = static_cast<int>(D - d);
+    Vec qv[MR];
+    for (int r = 0; r < MR; ++r) qv[r] = Load(q + r * ldq + d, n);
+    for (int j = 0; j < NR; ++j) {
+      const Vec kv = Load(k[j] + d, n);
+      for (int r = 0; r < MR; ++r) acc[r * NR + j] = Fma(qv[r], kv, acc[r * NR + j]);
+    }
+  }
+  if constexpr (MR * NR == kWidth) {
+    alignas(64) float sums[kWidth];
+    Store(sums, SumEach(acc));
+    for (int r = 0; r < MR; ++r) {
+      for (int j = 0; j < NR; ++j) s[r * lds + j] = sums[r * NR + j];
+    }
+  } else {
+    for (int r = 0; r < MR; ++r) {
+      for (int j = 0; j < NR; ++j) s[r * lds + j] = ReduceAdd(acc[r * NR + j]);
+    }
+  }
+}
+
+template <class E, int MR, int NR>
+inline void ScoreRows(const float *q, int64_t ldq, const E *const *k, int64_t n, int64_t D, float *s,
+                      int64_t lds) {
+  int64_t j = 0;
+  for (; j + NR <= n; j += NR) ScoreBlock<E, MR, NR>(q, ldq, k + j, D, s + j, lds);
+  for (; j < n; ++j) ScoreBlock<E, MR, 1>(q, ldq, k + j, D, s + j, lds);
+}
+#endif
+
+}  // namespace detail
+
+// s[r * lds + j] = q[r * ldq, + D) . k[j][0, D) for r < rows, j < n. row_scratch (D floats) is used only
+// without SIMD, where each key row is widened once and then dotted with every query row.
+template <class E>
+inline void ScoreTile(const float *q, int64_t ldq, int64_t rows, const E *const *k, int64_t n, int64_t D,
+                      float *s, int64_t lds, float *row_scratch) {
+#if defined(MSA_SIMD)
+  (void)row_scratch;
+  constexpr int W = simd::kWidth;  // accumulators per block: one vector's worth, reduced together
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4) detail::ScoreRows<E, 4, W / 4>(q + r * ldq, ldq, k, n, D, s + r * lds, lds);
+  q += r * ldq;
+  s += r * lds;
+  switch (rows - r) {
+    case 1: detail::ScoreRows<E, 1, W>(q, ldq, k, n, D, s, lds); break;
+    case 2: detail::ScoreRows<E, 2, W / 2>(q, ldq, k, n, D, s, lds); break;
+    case 3: detail::ScoreRows<E, 3, W / 4>(q, ldq, k, n, D, s, lds); break;
+    default: break;
+  }
+#else
+  for (int64_t j = 0; j < n; ++j) {
+    simd::LoadRow(k[j], D, row_scratch);
+    for (int64_t r = 0; r < rows; ++r) {
+      const float *qr = q + r * ldq;
+      float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t d = 0; d < D; ++d) sum += qr[d] * row_scratch[d];
+      s[r * lds + j] = sum;
+    }
+  }
+#endif
+}
+
+}  // namespace msa

@@ -1,0 +1,399 @@
+// Validation shared by the attention operators. Each validator reads one input (or inputs that belong
+// together), rejects it with a MindSpore-style message naming the argument, the value and what is allowed
+// (Fail throws), and returns its part of the Problem. CheckProblem then verifies, whatever the adapter, that
+// every index the core will form lies inside its buffer, so a kernel can never read or write outside one.
+//
+// Everything here runs before the parallel region: the only place a kernel may throw.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <initializer_list>
+#include <string>
+#include <vector>
+
+#include "attention/numeric.h"
+#include "attention/problem.h"
+#include "common.h"
+
+namespace msa {
+
+inline const char *LayoutName(int layout) {
+  switch (layout) {
+    case abi::kBsh: return "BSH";
+    case abi::kBnsd: return "BNSD";
+    case abi::kBsnd: return "BSND";
+    case abi::kTnd: return "TND";
+    default: return "an unsupported layout";
+  }
+}
+
+// ---- the AOT call ------------------------------------------------------------------------------------
+
+// The AOT parameter arrays as Arg views: the expected count, non-negative shapes, data for non-empty tensors.
+inline void ReadArgs(const char *prim, int expected, int nparam, void **params, int *ndims, int64_t **shapes,
+                     const char **dtypes, Arg *args) {
+  if (params == nullptr || ndims == nullptr || shapes == nullptr || dtypes == nullptr) {
+    Fail(prim, "the kernel got null parameter arrays.");
+  }
+  if (nparam != expected) Fail(prim, "the kernel needs %d parameters, but got %d.", expected, nparam);
+  for (int i = 0; i < nparam; ++i) {
+    Arg &a = args[i];
+    a = Arg{params[i], ndims[i], shapes[i], ParseDType(dtypes[i])};
+    if (a.ndim < 0 || (a.ndim > 0 && a.shape == nullptr)) Fail(prim, "the kernel parameter %d is malformed.", i);
+    for (int d = 0; d < a.ndim; ++d) {
+      if (a.shape[d] < 0) Fail(prim, "the kernel parameter %d has a negative dimension.", i);
+    }
+    if (a.numel() > 0 && a.data == nullptr) Fail(prim, "the kernel parameter %d has no data.", i);
+  }
+}
+
+// The float64 attribute vector (kernel_abi.h): at least `count` values.
+inline const double *ReadAttrs(const char *prim, const Arg &a, int count) {
+  if (a.dtype != abi::kFloat64 || a.numel() < count) {
+    Fail(prim, "the attribute vector must hold %d float64 values, but got %lld of %s.", count,
+         (long long)a.numel(), DTypeName(a.dtype));
+  }
+  return static_cast<const double *>(a.data);
+}
+
+// An integer attribute (it travels as a float64).
+inline int64_t IntAttr(const char *prim, const double *attrs, int index, const char *name) {
+  const double x = attrs[index];
+  if (!(std::fabs(x) < 9.0e15) || x != std::trunc(x)) Fail(prim, "the '%s' must be an integer, but got %g.", name, x);
+  return static_cast<int64_t>(x);
+}
+
+inline void CheckDType(const char *prim, const char *name, const Arg &a, std::initializer_list<DType> allowed) {
+  for (DType t : allowed) {
+    if (a.dtype == t) return;
+  }
+  std::string names;
+  for (DType t : allowed) names += std::string(names.empty() ? "" : ", ") + DTypeName(t);
+  Fail(prim, "the '%s' must be one of [%s], but got %s.", name, names.c_str(), DTypeName(a.dtype));
+}
+
+// a must have the dtype of another input (named `of`)
+inline void CheckDTypeIs(const char *prim, const char *name, const Arg &a, DType expected, const char *of) {
+  if (a.dtype != expected) {
+    Fail(prim, "the '%s' must have the %s dtype %s, but got %s.", name, of, DTypeName(expected), DTypeName(a.dtype));
+  }
+}
+
+inline void CheckSameShape(const char *prim, const char *name_a, const Arg &a, const char *name_b, const Arg &b) {
+  bool same = a.ndim == b.ndim;
+  for (int d = 0; same && d < a.ndim; ++d) same = a.shape[d] == b.shape[d];
+  if (!same) {
+    Fail(prim, "the shape of '%s' %s must equal the shape of '%s' %s.", name_b, b.ShapeString().c_str(), name_a,
+         a.ShapeString().c_str());
+  }
+}
+
+// One element of a float16 / bfloat16 / float32 tensor.
+inline float ReadFloat(const Arg &a, int64_t i) {
+  switch (a.dtype) {
+    case abi::kFloat16: return ToFloat(static_cast<const Half *>(a.data)[i]);
+    case abi::kBfloat16: return ToFloat(static_cast<const BFloat16 *>(a.data)[i]);
+    default: return static_cast<const float *>(a.data)[i];
+  }
+}
+
+// One element of an int32 / int64 tensor.
+inline int64_t ReadInt(const Arg &a, int64_t i) {
+  return a.dtype == abi::kInt32 ? static_cast<const int32_t *>(a.data)[i] : static_cast<const int64_t *>(a.data)[i];
+}
+
+// ---- geometry ----------------------------------------------------------------------------------------
+
+// B, S, D and row strides of a dense (B, S, H) / (B, N, S, D) / (B, S, N, D) tensor with `heads` heads.
+struct DenseGeometry {
+  int64_t B = 0, S = 0, D = 0;
+  RowStrides rows;
+};
+
+inline DenseGeometry ReadDense(const char *prim, const char *name, const Arg &a, int layout, int64_t heads) {
+  if (heads <= 0) Fail(prim, "internal error: %lld heads.", (long long)heads);
+  DenseGeometry g;
+  bool ok = false;
+  if (layout == abi::kBsh) {
+    ok = a.ndim == 3 && a.dim(2) % heads == 0;
+    if (ok) g = {a.dim(0), a.dim(1), a.dim(2) / heads, {}};
+  } else if (layout == abi::kBnsd) {
+    ok = a.ndim == 4 && a.dim(1) == heads;
+    if (ok) g = {a.dim(0), a.dim(2), a.dim(3), {}};
+  } else if (layout == abi::kBsnd) {
+    ok = a.ndim == 4 && a.dim(2) == heads;
+    if (ok) g = {a.dim(0), a.dim(1), a.dim(3), {}};
+  } else {
+    Fail(prim, "the 'input_layout' %s (enum %d) is not supported here.", LayoutName(layout), layout);
+  }
+  if (!ok) {
+    const char *form = layout == abi::kBsh    ? "(B, S, H) with H divisible by"
+                       : layout == abi::kBnsd ? "(B, N, S, D) with N ="
+                                              : "(B, S, N, D) with N =";
+    Fail(prim, "the '%s' must be %s %lld in layout %s, but got shape %s.", name, form, (long long)heads,
+         LayoutName(layout), a.ShapeString().c_str());
+  }
+  g.rows = DenseStrides(static_cast<abi::Layout>(layout), heads, g.S, g.D);
+  return g;
+}
+
+// A paged cache: (num_blocks, block_size, kvN * D) or (num_blocks, kvN, block_size, D).
+inline PagedKv ReadPagedCache(const char *prim, const char *name, const Arg &a, int64_t kvN, int64_t D,
+                              int64_t block_size) {
+  PagedKv pg;
+  pg.block_size = block_size;
+  if (a.ndim == 3 && a.dim(1) == block_size && a.dim(2) == kvN * D) {
+    pg.block_stride = block_size * kvN * D;
+    pg.slot_stride = kvN * D;
+    pg.head_stride = D;
+  } else if (a.ndim == 4 && a.dim(1) == kvN && a.dim(2) == block_size && a.dim(3) == D) {
+    pg.block_stride = kvN * block_size * D;
+    pg.head_stride = block_size * D;
+    pg.slot_stride = D;
+  } else {
+    Fail(prim, "the paged '%s' must be (num_blocks, %lld, %lld) or (num_blocks, %lld, %lld, %lld), but got %s.", name,
+         (long long)block_size, (long long)(kvN * D), (long long)kvN, (long long)block_size, (long long)D,
+         a.ShapeString().c_str());
+  }
+  pg.num_blocks = a.dim(0);
+  return pg;
+}
+
+// The block table's shape: int32 (B, max_blocks_per_seq). Its entries are checked by CheckBlockTable.
+inline void ReadBlockTable(const char *prim, const char *name, const Arg &a, int64_t B, PagedKv *pg) {
+  CheckDType(prim, name, a, {abi::kInt32});
+  if (a.ndim != 2 || a.dim(0) != B || a.dim(1) <= 0) {
+    Fail(prim, "the '%s' must be (B, max_blocks_per_seq) = (%lld, >0), but got %s.", name, (long long)B,
+         a.ShapeString().c_str());
+  }
+  pg->block_table = static_cast<const int32_t *>(a.data);
+  pg->max_blocks = a.dim(1);
+}
+
+// ---- sequence lengths --------------------------------------------------------------------------------
+
+// Per-batch lengths from an int32 / int64 vector of 1 (every batch) or B values, each in [0, max_len].
+inline std::vector<int64_t> ReadSeqLengths(const char *prim, const char *name, const Arg &a, int64_t B,
+                                           int64_t max_len) {
+  CheckDType(prim, name, a, {abi::kInt32, abi::kInt64});
+  if (a.ndim != 1 || (a.dim(0) != 1 && a.dim(0) != B)) {
+    Fail(prim, "the '%s' must hold 1 or B = %lld values, but got shape %s.", name, (long long)B,
+         a.ShapeString().c_str());
+  }
+  std::vector<int64_t> len(B);
+  for (int64_t b = 0; b < B; ++b) {
+    len[b] = ReadInt(a, a.dim(0) == 1 ? 0 : b);
+    if (len[b] < 0 || len[b] > max_len) {
+      Fail(prim, "each '%s' must be in [0, %lld], but got %lld for batch %lld.", name, (long long)max_len,
+           (long long)len[b], (long long)b);
+    }
+  }
+  return len;
+}
+
+// Left padding (SPEC.md §4): batch b's window is [S - pad - len, S - pad); a negative pad counts as 0, and a
+// window that would begin before the stored sequence is empty (that batch's output is 0).
+inline void ApplyLeftPadding(const char *prim, const char *name, const Arg &pad, int64_t S, std::vector<int64_t> *start,
+                             std::vector<int64_t> *len) {
+  CheckDType(prim, name, pad, {abi::kInt32, abi::kInt64});
+  if (pad.numel() != 1) Fail(prim, "the '%s' must hold one value, but got shape %s.", name, pad.ShapeString().c_str());
+  const int64_t padding = std::max<int64_t>(0, ReadInt(pad, 0));
+  for (size_t b = 0; b < len->size(); ++b) {
+    const int64_t first = S - padding - (*len)[b];
+    (*start)[b] = std::max<int64_t>(0, first);
+    if (first < 0) (*len)[b] = 0;
+  }
+}
+
+// Every block that holds one of the first `end[b]` stored positions of batch b must lie in [0, num_blocks);
+// entries past them are not read (they may be -1).
+inline void CheckBlockTable(const char *prim, const char *name, const PagedKv &pg, const std::vector<int64_t> &end) {
+  for (size_t b = 0; b < end.size(); ++b) {
+    const int64_t used = (end[b] + pg.block_size - 1) / pg.block_size;
+    if (used > pg.max_blocks) {
+      Fail(prim, "the '%s' has %lld blocks per sequence, but batch %zu needs %lld.", name, (long long)pg.max_blocks, b,
+           (long long)used);
+    }
+    for (int64_t i = 0; i < used; ++i) {
+      const int64_t block = pg.block_table[b * pg.max_blocks + i];
+      if (block < 0 || block >= pg.num_blocks) {
+        Fail(prim, "the '%s' entry %lld of batch %zu (slot %lld) is out of range [0, %lld).", name, (long long)block, b,
+             (long long)i, (long long)pg.num_blocks);
+      }
+    }
+  }
+}
+
+// One past the last stored key position any batch reads: how far a mask or bias row must reach.
+inline int64_t KvExtent(const Problem &p) {
+  int64_t extent = 0;
+  for (int64_t b = 0; b < p.B; ++b) {
+    if (p.kv_len[b] > 0) extent = std::max(extent, p.kv_start[b] + p.kv_len[b]);
+  }
+  return extent;
+}
+
+inline void CheckCoversKeys(const char *prim, const char *name, int64_t covered, const Problem &p) {
+  const int64_t needed = KvExtent(p);
+  if (covered < needed) {
+    Fail(prim, "the last axis of '%s' (%lld) must cover the %lld key positions that are read.", name,
+         (long long)covered, (long long)needed);
+  }
+}
+
+// ---- optional inputs ---------------------------------------------------------------------------------
+
+// pse_shift (B or 1, N, Sq, S') in the query dtype; added to the scores after the scale.
+inline ScoreBias ReadScoreBias(const char *prim, const char *name, const Arg &a, int64_t B, int64_t N, int64_t Sq,
+                               DType q_dtype) {
+  CheckDTypeIs(prim, name, a, q_dtype, "query");
+  if (a.ndim != 4 || (a.dim(0) != 1 && a.dim(0) != B) || a.dim(1) != N || a.dim(2) != Sq) {
+    Fail(prim, "the '%s' must be (%lld or 1, %lld, %lld, S), but got %s.", name, (long long)B, (long long)N,
+         (long long)Sq, a.ShapeString().c_str());
+  }
+  ScoreBias bias;
+  bias.data = a.data;
+  bias.dtype = a.dtype;
+  bias.numel = a.numel();
+  bias.row = a.dim(3);
+  bias.head = Sq * bias.row;
+  bias.batch = a.dim(0) == 1 ? 0 : N * bias.head;
+  return bias;
+}
+
+// Combined antiquant scale / offset of int8 key and value (row 0 key, row 1 value), in the query dtype:
+// per tensor (2,) or per channel with 2 * kvN * D values ((2, kvN, 1, D), (2, kvN, D), (2, kvN * D)).
+inline Antiquant ReadAntiquant(const char *prim, const Arg &scale, const Arg &offset, DType q_dtype, int64_t kvN,
+                               int64_t D) {
+  const int64_t width = kvN * D;
+  auto read = [&](const Arg &a, const char *name, std::vector<float> *key, std::vector<float> *value) {
+    CheckDTypeIs(prim, name, a, q_dtype, "query");
+    const int64_t n = a.numel();
+    if (n != 2 && n != 2 * width) {
+      Fail(prim, "the '%s' must hold 2 (per tensor) or %lld (per channel) values, but got shape %s.", name,
+           (long long)(2 * width), a.ShapeString().c_str());
+    }
+    key->resize(width);
+    value->resize(width);
+    for (int64_t c = 0; c < width; ++c) {
+      (*key)[c] = ReadFloat(a, n == 2 ? 0 : c);
+      (*value)[c] = ReadFloat(a, n == 2 ? 1 : width + c);
+    }
+  };
+  Antiquant aq;
+  read(scale, "antiquant_scale", &aq.key_scale, &aq.value_scale);
+  if (offset.present()) {
+    read(offset, "antiquant_offset", &aq.key_offset, &aq.value_offset);
+  } else {
+    aq.key_offset.assign(width, 0.f);
+    aq.value_offset.assign(width, 0.f);
+  }
+  return aq;
+}
+
+// quant_scale2 / quant_offset2 of an int8 output: float32, one value or one per channel (N * D).
+inline PostQuant ReadPostQuant(const char *prim, const Arg &scale, const Arg &offset, int64_t N, int64_t D) {
+  const int64_t n = scale.numel();
+  CheckDType(prim, "quant_scale2", scale, {abi::kFloat32});
+  if (n != 1 && n != N * D) {
+    Fail(prim, "the 'quant_scale2' must hold 1 or N * D = %lld values, but got shape %s.", (long long)(N * D),
+         scale.ShapeString().c_str());
+  }
+  PostQuant pq;
+  pq.scale = static_cast<const float *>(scale.data);
+  pq.numel = n;
+  pq.per_channel = n != 1;
+  if (offset.present()) {
+    CheckDType(prim, "quant_offset2", offset, {abi::kFloat32});
+    if (offset.numel() != n) {
+      Fail(prim, "the 'quant_offset2' must have as many values as 'quant_scale2' (%lld), but got shape %s.",
+           (long long)n, offset.ShapeString().c_str());
+    }
+    pq.offset = static_cast<const float *>(offset.data);
+  }
+  return pq;
+}
+
+// ---- the whole problem -------------------------------------------------------------------------------
+
+// The contract between adapters and the core: supported dtypes, consistent sizes, windows inside the stored
+// extents, and every element the core will touch inside its buffer. The adapter's validators give the
+// user-facing messages first; what fails here is an adapter bug, reported instead of a wild read.
+inline void CheckProblem(const char *prim, const Problem &p) {
+  auto internal = [prim](const char *what, long long at, long long size) {
+    Fail(prim, "internal error: the %s would be accessed at element %lld of %lld.", what, at, size);
+  };
+  if (p.B <= 0 || p.N <= 0 || p.kvN <= 0 || p.G <= 0 || p.D <= 0 || p.N != p.kvN * p.G || p.Sq < 0) {
+    Fail(prim, "internal error: inconsistent sizes B %lld, N %lld, kvN %lld, G %lld, D %lld.", (long long)p.B,
+         (long long)p.N, (long long)p.kvN, (long long)p.G, (long long)p.D);
+  }
+  const bool q_half = p.q_dtype == abi::kFloat16 || p.q_dtype == abi::kBfloat16;
+  const bool kv_ok = p.kv.dtype == p.q_dtype || (p.kv.dtype == abi::kInt8 && p.kv.antiquant.enabled());
+  const bool out_ok = p.post_quant.enabled() ? p.out_dtype == abi::kInt8 : p.out_dtype == p.q_dtype;
+  if (!q_half || !kv_ok || !out_ok || (p.bias.data != nullptr && p.bias.dtype != p.q_dtype)) {
+    Fail(prim, "internal error: unsupported dtypes query %s, key/value %s, output %s.", DTypeName(p.q_dtype),
+         DTypeName(p.kv.dtype), DTypeName(p.out_dtype));
+  }
+  const size_t B = static_cast<size_t>(p.B), width = static_cast<size_t>(p.kvN * p.D);
+  if (p.q_start.size() != B || p.q_len.size() != B || p.kv_start.size() != B || p.kv_len.size() != B) {
+    Fail(prim, "internal error: the per-batch windows are not sized B.");
+  }
+  const Antiquant &aq = p.kv.antiquant;
+  if (aq.enabled() && (aq.key_scale.size() != width || aq.key_offset.size() != width ||
+                       aq.value_scale.size() != width || aq.value_offset.size() != width)) {
+    Fail(prim, "internal error: the antiquant parameters are not sized kvN * D.");
+  }
+  for (const RowStrides *s : {&p.q_rows, &p.out_rows, &p.lse_rows, &p.kv.rows}) {
+    if (s->batch < 0 || s->head < 0 || s->seq < 0) Fail(prim, "internal error: a negative stride.");
+  }
+  const PagedKv &pg = p.kv.pages;
+  if (p.kv.paged) {
+    if (pg.block_table == nullptr || pg.block_size <= 0 || pg.block_stride < 0 || pg.head_stride < 0 ||
+        pg.slot_stride < 0 || p.kv.stored_len > pg.max_blocks * pg.block_size) {
+      Fail(prim, "internal error: an inconsistent paged cache.");
+    }
+    // the largest offset any valid block entry gives
+    const int64_t last = (pg.num_blocks - 1) * pg.block_stride + (p.kvN - 1) * pg.head_stride +
+                         (pg.block_size - 1) * pg.slot_stride + p.D;
+    if (pg.num_blocks > 0 && last > p.kv.numel) internal("paged 'key'/'value'", last, p.kv.numel);
+  }
+  std::vector<int64_t> kv_end(B);
+  for (int64_t b = 0; b < p.B; ++b) {
+    const int64_t qs = p.q_start[b], ql = p.q_len[b], ks = p.kv_start[b], kl = p.kv_len[b];
+    if (qs < 0 || ql < 0 || qs + ql > p.Sq || ks < 0 || kl < 0 || ks + kl > p.kv.stored_len) {
+      Fail(prim, "internal error: the windows of batch %lld lie outside the stored sequences.", (long long)b);
+    }
+    kv_end[b] = kl > 0 ? ks + kl : 0;
+    if (ql == 0) continue;
+    const int64_t qi = qs + ql - 1;  // last query position; strides are non-negative, so the last index is the largest
+    const int64_t q_last = p.q_rows.At(b, p.N - 1, qi) + p.D, out_last = p.out_rows.At(b, p.N - 1, qi) + p.D;
+    if (q_last > p.q_numel) internal("'query'", q_last, p.q_numel);
+    if (out_last > p.out_numel) internal("output", out_last, p.out_numel);
+    if (p.lse != nullptr && p.lse_rows.At(b, p.N - 1, qi) >= p.lse_numel) {
+      internal("lse output", p.lse_rows.At(b, p.N - 1, qi), p.lse_numel);
+    }
+    if (kl == 0) continue;
+    const int64_t kj = ks + kl - 1;  // last key position
+    if (!p.kv.paged && p.kv.rows.At(b, p.kvN - 1, kj) + p.D > p.kv.numel) {
+      internal("'key'/'value'", p.kv.rows.At(b, p.kvN - 1, kj) + p.D, p.kv.numel);
+    }
+    if (p.mask.data != nullptr && b * p.mask.batch + qi * p.mask.row + kj >= p.mask.numel) {
+      internal("'attn_mask'", b * p.mask.batch + qi * p.mask.row + kj, p.mask.numel);
+    }
+    if (p.bias.data != nullptr) {
+      const int64_t at = b * p.bias.batch + (p.N - 1) * p.bias.head + qi * p.bias.row + kj;
+      if (at >= p.bias.numel || p.bias.batch < 0 || p.bias.head < 0 || p.bias.row < 0) {
+        internal("'pse_shift'", at, p.bias.numel);
+      }
+    }
+  }
+  if (p.kv.paged) CheckBlockTable(prim, "block_table", pg, kv_end);
+  const PostQuant &pq = p.post_quant;
+  if (pq.enabled() && pq.numel != (pq.per_channel ? p.N * p.D : 1)) {
+    Fail(prim, "internal error: the post-quantization holds %lld values.", (long long)pq.numel);
+  }
+}
+
+}  // namespace msa

@@ -1,0 +1,103 @@
+// The value side of a tile: acc[r] = acc[r] * correction[r] + sum_j p[r][j] * v_j, for a group of query rows.
+//
+// The values stay in their storage type and are widened in registers; each loaded value vector serves
+// every row of the block, and a block's slice of the accumulators stays in registers for the whole tile
+// (one load and one store of acc per tile instead of one per key).
+#pragma once
+
+#include <cstdint>
+
+#include "attention/simd.h"
+
+namespace msa {
+namespace detail {
+
+#if defined(MSA_SIMD)
+// MR rows x NC vectors of acc starting at column d0; kTail: a single vector holding only `tail` columns.
+template <class E, int MR, int NC, bool kTail>
+inline void ValueBlock(float *acc, int64_t lda, const float *corr, const float *p, int64_t ldp,
+                       const E *const *v, int64_t n, int64_t d0, int tail) {
+  using namespace simd;
+  static_assert(!kTail || NC == 1, "a tail block is one vector");
+  Vec a[MR * NC];
+  for (int r = 0; r < MR; ++r) {
+    const Vec c = Set1(corr[r]);
+    for (int i = 0; i < NC; ++i) {
+      const float *src = acc + r * lda + d0 + i * kWidth;
+      a[r * NC + i] = Mul(kTail ? Load(src, tail) : Load(src), c);
+    }
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    Vec pj[MR];
+    for (int r = 0; r < MR; ++r) pj[r] = Set1(p[r * ldp + j]);
+    const E *row = v[j] + d0;
+    for (int i = 0; i < NC; ++i) {
+      const Vec x = kTail ? Load(row, tail) : Load(row + i * kWidth);
+      for (int r = 0; r < MR; ++r) a[r * NC + i] = Fma(pj[r], x, a[r * NC + i]);
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    for (int i = 0; i < NC; ++i) {
+      float *dst = acc + r * lda + d0 + i * kWidth;
+      if (kTail) {
+        Store(dst, a[r * NC + i], tail);
+      } else {
+        Store(dst, a[r * NC + i]);
+      }
+    }
+  }
+}
+
+template <class E, int MR, int NC>
+inline void ValueRows(float *acc, int64_t lda, const float *corr, const float *p, int64_t ldp, const E *const *v,
+                      int64_t n, int64_t D) {
+  constexpr int W = simd::kWidth;
+  int64_t d = 0;
+  for (; d + NC * W <= D; d += NC * W) ValueBlock<E, MR, NC, false>(acc, lda, corr, p, ldp, v, n, d, W);
+  for (; d + W <= D; d += W) ValueBlock<E, MR, 1, false>(acc, lda, corr, p, ldp, v, n, d, W);
+  if (d < D) ValueBlock<E, MR, 1, true>(acc, lda, corr, p, ldp, v, n, d, static_cast<int>(D - d));
+}
+#endif
+
+}  // namespace detail
+
+// acc[r * lda, + D) = acc * corr[r] + sum_{j < n} p[r * ldp + j] * v[j][0, D), for r < rows. row_scratch
+// (D floats) is used only without SIMD, where each value row is widened once and added to every row.
+template <class E>
+inline void AccumulateTile(float *acc, int64_t lda, int64_t rows, const float *corr, const float *p, int64_t ldp,
+                           const E *const *v, int64_t n, int64_t D, float *row_scratch) {
+#if defined(MSA_SIMD)
+  (void)row_scratch;
+  // Register budget per block: MR * NC accumulators plus MR broadcast weights and one value vector.
+  constexpr int kAcc = simd::kWidth;  // 16 accumulators with AVX-512 (32 registers), 8 with AVX2 (16)
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4) {
+    detail::ValueRows<E, 4, kAcc / 4>(acc + r * lda, lda, corr + r, p + r * ldp, ldp, v, n, D);
+  }
+  acc += r * lda;
+  corr += r;
+  p += r * ldp;
+  switch (rows - r) {
+    case 1: detail::ValueRows<E, 1, kAcc / 2>(acc, lda, corr, p, ldp, v, n, D); break;
+    case 2: detail::ValueRows<E, 2, kAcc / 2>(acc, lda, corr, p, ldp, v, n, D); break;
+    case 3: detail::ValueRows<E, 3, kAcc / 4>(acc, lda, corr, p, ldp, v, n, D); break;
+    default: break;
+  }
+#else
+  for (int64_t r = 0; r < rows; ++r) {
+    float *a = acc + r * lda;
+    for (int64_t d = 0; d < D; ++d) a[d] *= corr[r];
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    simd::LoadRow(v[j], D, row_scratch);
+    for (int64_t r = 0; r < rows; ++r) {
+      const float w = p[r * ldp + j];
+      float *a = acc + r * lda;
+#pragma omp simd
+      for (int64_t d = 0; d < D; ++d) a[d] += w * row_scratch[d];
+    }
+  }
+#endif
+}
+
+}  // namespace msa
