@@ -45,7 +45,7 @@ def environment():
     except (OSError, StopIteration):
         pass
     lib = loader.library()
-    return {"cpu": cpu, "cores": os.cpu_count(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+    return {"cpu": cpu, "cores": os.cpu_count(), "MS_ATTENTION_NUM_THREADS": os.environ.get("MS_ATTENTION_NUM_THREADS"),
             "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"), "mindspore": ms.__version__,
             "library": f"{lib.variant} ({' '.join(lib.isa)})" if lib else "none (numpy reference)"}
 

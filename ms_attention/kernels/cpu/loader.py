@@ -12,6 +12,8 @@ import json
 import os
 from typing import Optional, Set, Tuple
 
+from ms_attention import opdef
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 BUILD_INFO = os.path.join(HERE, "build_info.json")
 
@@ -21,14 +23,8 @@ class Library:
     path: str
     variant: str                  # 'native' or 'portable'
     isa: Tuple[str, ...]
-    kernels: Tuple[str, ...]
+    kernels: Tuple[str, ...]      # the operators whose kernel and InferShape the library exports
     handle: ctypes.CDLL
-
-    def last_error(self) -> str:
-        return self.handle.msa_last_error().decode("utf-8", "replace")
-
-    def clear_error(self) -> None:
-        self.handle.msa_clear_error()
 
 
 def cpu_flags() -> Set[str]:
@@ -44,9 +40,8 @@ def cpu_flags() -> Set[str]:
 
 def _open(path: str, variant: str, isa: Tuple[str, ...]) -> Library:
     handle = ctypes.CDLL(path)
-    handle.msa_last_error.restype = ctypes.c_char_p
-    handle.msa_kernels.restype = ctypes.c_char_p
-    kernels = tuple(k for k in handle.msa_kernels().decode().split(",") if k)
+    kernels = tuple(op.name for op in opdef.load_all().values()
+                    if hasattr(handle, op.class_name) and hasattr(handle, op.class_name + "InferShape"))
     return Library(path, variant, isa, kernels, handle)
 
 

@@ -26,9 +26,9 @@ inline const char *DTypeName(DType type) {
   return type >= 0 && type < abi::kNumDTypes ? abi::kDTypeNames[type] : "an unknown dtype";
 }
 
-// Rejects a call: formats "For '<prim>', <message>", records it for msa_last_error() and throws
-// std::runtime_error with it. MindSpore turns the exception into a RuntimeError carrying the message, in
-// PyNative and Graph mode. Only for the validation phase: never call it inside an OpenMP parallel region.
+// Rejects a call: throws std::runtime_error("For '<prim>', <message>"). MindSpore turns the exception into a
+// RuntimeError carrying the message, in PyNative and Graph mode. Only for the validation phase: never call it
+// from a ParallelFor body (parallel.h).
 [[noreturn]] void Fail(const char *prim, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 // One AOT parameter: pointer, shape, dtype.
