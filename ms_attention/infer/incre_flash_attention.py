@@ -1,4 +1,4 @@
-"""incre_flash_attention: attribute checks, input validation and output inference (SPEC.md §2, §4-6, §10).
+"""incre_flash_attention: attribute checks, input validation and output inference.
 
 Everything here works on shapes, dtypes and constant values only, so it runs at compile time in Graph mode and
 before the kernel in PyNative. Dims unknown at compile time (-1, or rank -2) are left to the kernel, which

@@ -1,4 +1,4 @@
-"""numpy golden of incre_flash_attention, float64 math, written to be read (SPEC.md §2, §4-6).
+"""numpy golden of incre_flash_attention, float64 math, written to be read.
 
 Arrays come in as numpy (fp16/bf16 values already widened to float32/float64, int8 as int8); the result is
 float64 (or int8 with post quantization). It does no validation: call it with inputs that passed infer/.

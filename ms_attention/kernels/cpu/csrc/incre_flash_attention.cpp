@@ -1,4 +1,4 @@
-// incre_flash_attention on CPU (SPEC.md §2, §4-6): the adapter from IncreFlashAttention's AOT parameters to
+// incre_flash_attention on CPU: the adapter from IncreFlashAttention's AOT parameters to
 // the attention core (attention/). Decode: one query position per batch and head; dense, paged, left-padded
 // and int8 caches, mask, pse_shift and int8 post-quantization are all the core's.
 //

@@ -1,4 +1,4 @@
-// The attention core: runs a validated Problem (SPEC.md §2).
+// The attention core: runs a validated Problem.
 //
 // A unit of work is (batch, KV head, block of query positions, split of the key range). It streams its keys
 // and values once, in tiles of kKeyTile, for all its query rows together (the G heads of the GQA group times

@@ -1,6 +1,6 @@
 // Writing a finished output row: rounding to float16 / bfloat16, or post-quantization to int8, and the
-// optional log-sum-exp. A row that was not computed (no visible key, SPEC.md §2.7) is 0, also after
-// quantization (§6), and its lse is +inf.
+// optional log-sum-exp. A row that was not computed (no visible key) is 0, also after
+// quantization, and its lse is +inf.
 #pragma once
 
 #include <cmath>

@@ -1,4 +1,4 @@
-// One description of an attention call, shared by every operator of the family (SPEC.md §2-6).
+// One description of an attention call, shared by every operator of the family.
 //
 // Rows are query rows: (batch b, query head h, position i). Decode (incre_flash_attention) has Sq = 1;
 // a prefill adapter sets Sq > 1, a mask row stride and the lse output. Every pointer, stride and window is

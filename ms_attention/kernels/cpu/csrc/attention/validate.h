@@ -193,7 +193,7 @@ inline std::vector<int64_t> ReadSeqLengths(const char *prim, const char *name, c
   return len;
 }
 
-// Left padding (SPEC.md §4): batch b's window is [S - pad - len, S - pad); a negative pad counts as 0, and a
+// Left padding: batch b's window is [S - pad - len, S - pad); a negative pad counts as 0, and a
 // window that would begin before the stored sequence is empty (that batch's output is 0).
 inline void ApplyLeftPadding(const char *prim, const char *name, const Arg &pad, int64_t S, std::vector<int64_t> *start,
                              std::vector<int64_t> *len) {
