@@ -47,7 +47,7 @@ def environment():
     lib = loader.library()
     return {"cpu": cpu, "cores": os.cpu_count(), "MS_ATTENTION_NUM_THREADS": os.environ.get("MS_ATTENTION_NUM_THREADS"),
             "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"), "mindspore": ms.__version__,
-            "library": f"{lib.variant} ({' '.join(lib.isa)})" if lib else "none (numpy reference)"}
+            "library": f"{lib.variant} ({' '.join(lib.isa)})" if lib else "none"}
 
 
 SHAPES = [  # (B, N, kvN, S, D, layout, dtype, kv dtype)

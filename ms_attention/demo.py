@@ -60,7 +60,7 @@ def run(steps=48, seed=0, verbose=True):
     if verbose:
         print(f"ms_attention demo: decode loop, Graph mode, paged KV cache ({NUM_BLOCKS} blocks x {BLOCK_SIZE}),"
               f" B={BATCH}, N={NUM_HEADS}, kvN={KV_HEADS}, D={HEAD_DIM}")
-        print(f"kernel: {lib.variant + ' build ' + lib.path if lib else 'numpy reference (no native library)'}")
+        print(f"kernel: {lib.variant + ' build ' + lib.path if lib else 'none (the call below will raise)'}")
     latencies = []
     for step in range(steps):
         positions = seq_lens.copy()                       # the new token's position in each sequence

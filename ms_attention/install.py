@@ -48,17 +48,18 @@ def _load_modules():
 
 
 def _replacements() -> Dict[int, Tuple[Any, Any]]:
-    """id(MindSpore's object) -> (MindSpore's object, ms_attention's replacement)."""
-    import mindspore.ops as ms_ops
-    from mindspore.ops import auto_generate
+    """id(MindSpore's object) -> (MindSpore's object, ms_attention's replacement): every distinct object the
+    family's modules bind under an operator's functional or class name (sparse_flash_attention, for one, is
+    a different object in mindspore.ops and in auto_generate)."""
     found = {}
     for op in opdef.load_all().values():
-        original = getattr(ms_ops, op.function_name, None)
-        if original is not None:
-            found[id(original)] = (original, getattr(ops, op.function_name))
-        original_class = getattr(auto_generate, op.class_name, None)
-        if original_class is not None:
-            found[id(original_class)] = (original_class, getattr(primitives, op.class_name))
+        ours = {op.function_name: getattr(ops, op.function_name), op.class_name: getattr(primitives, op.class_name)}
+        for module_name in MINDSPORE_MODULES:
+            module = sys.modules.get(module_name)
+            for name, replacement in ours.items():
+                original = vars(module).get(name) if module is not None else None
+                if original is not None and original is not replacement:
+                    found[id(original)] = (original, replacement)
     return found
 
 

@@ -69,6 +69,10 @@ class OpDef:
     torch_npu_name: Optional[str]
     doc: str
     labels: Tuple[Tuple[str, Any], ...] = ()
+    limits: Tuple[Tuple[str, int], ...] = ()   # documented size limits, checked in Python and in the kernel
+
+    def limit(self, name: str) -> int:
+        return dict(self.limits)[name]
 
     def label(self, name: str, default: Any = None) -> Any:
         return dict(self.labels).get(name, default)
@@ -150,6 +154,7 @@ def _parse_op(name: str, spec: Dict[str, Any], doc: Optional[str] = None) -> OpD
         torch_npu_name=spec.get("torch_npu_name"),
         doc=_load_doc(name) if doc is None else doc,
         labels=tuple(sorted((spec.get("labels") or {}).items())),
+        limits=tuple((spec.get("limits") or {}).items()),
     )
 
 

@@ -38,42 +38,48 @@ def _unserved(op_name: str) -> Optional[RuntimeError]:
     return None
 
 
-def _checked_attrs(op_name: str, values: Tuple[Any, ...]) -> Tuple[Dict[str, Any], Tensor]:
-    """(normalised attributes, the kernel's attribute vector), cached per attribute tuple. The key holds each
-    value's type, since 8 == 8.0 == True-style equality must not let a float pass as an int."""
-    return _checked_attrs_typed(op_name, tuple((type(v), v) for v in values))
+def _checked_attrs(op_name: str, values: Tuple[Any, ...],
+                   present: Tuple[bool, ...]) -> Tuple[Dict[str, Any], Tensor]:
+    """(normalised attributes, the kernel's attribute vector), cached per attribute tuple and presence of the
+    inputs. The key holds each value's type, since 8 == 8.0 == True-style equality must not let a float pass
+    as an int; an unhashable value (a list for an int) is checked uncached, and rejected there."""
+    key = tuple((type(v), v) for v in values)
+    try:
+        hash(key)
+    except TypeError:
+        return _check_attrs_uncached(op_name, values, present)
+    return _checked_attrs_typed(op_name, key, present)
 
 
 @functools.lru_cache(maxsize=None)
-def _checked_attrs_typed(op_name: str, typed: Tuple[Tuple[type, Any], ...]) -> Tuple[Dict[str, Any], Tensor]:
-    attrs = registry.check_attrs(op_name, tuple(v for _, v in typed))
-    vector = Tensor(np.asarray(registry.attribute_vector(op_name, attrs), np.float64))
+def _checked_attrs_typed(op_name: str, typed: Tuple[Tuple[type, Any], ...],
+                         present: Tuple[bool, ...]) -> Tuple[Dict[str, Any], Tensor]:
+    return _check_attrs_uncached(op_name, tuple(v for _, v in typed), present)
+
+
+def _check_attrs_uncached(op_name, values, present):
+    attrs = registry.check_attrs(op_name, tuple(values))
+    vector = Tensor(np.asarray(registry.attribute_vector(op_name, attrs, present), np.float64))
     return attrs, vector
 
 
-def _attributes(op_name: str, values) -> Optional[Tuple[Dict[str, Any], Tensor]]:
-    """(normalised attributes, attribute vector) after the op's attribute checks; None for an operator that is
-    only declared, on Ascend (MindSpore's own checks apply there)."""
-    error = _unserved(op_name)
-    if error is not None:
-        raise error
-    if values is None or any(v is None for v in values):
-        _require_constants(op_name, values or (None,))
-    if registry.module(op_name) is None:
-        return None
-    return _checked_attrs(op_name, tuple(values))
-
-
 def check_attrs(op_name: str, values: Tuple[Any, ...]) -> Dict[str, Any]:
-    """The attribute checks of a primitive's __init__."""
-    checked = _attributes(op_name, values)
-    return checked[0] if checked is not None else {}
+    """The attribute checks of a primitive's __init__ ({} for an operator only declared: a call of it raises
+    the RuntimeError that lists why no kernel serves it)."""
+    if registry.module(op_name) is None:
+        return {}
+    return registry.check_attrs(op_name, tuple(values))
 
 
-def _require_constants(op_name: str, values) -> None:
+def _require_constants(op_name: str, attr_item) -> None:
+    """In a graph, an attribute whose value is unknown at compile time (a mutable() graph input) is refused.
+    A None value is a constant when its type is None itself (attributes that default to None)."""
+    values, types = attr_item["value"], attr_item["dtype"]
+    if values is None:
+        values, types = (None,), (int,)
     names = registry.attribute_names(op_name)
-    for name, value in zip(names, values):
-        if value is None:
+    for name, value, type_ in zip(names, values, types):
+        if value is None and type_ is not None and str(type_) != "None":
             raise Checker(opdef.get(op_name).class_name).type_error(
                 f"the attribute '{name}' must be a constant (a Python int, float, bool or str known when the "
                 f"graph is compiled), but got a value only known at run time, such as a graph input made with "
@@ -94,36 +100,49 @@ class Validator(PrimitiveWithInfer):
         self.op_name = op_name
         self._names = registry.input_names(op_name)
         self._static_names = set(registry.static_names(op_name))
+        self._tensor_inputs = opdef.get(op_name).tensor_inputs
+
+    def _present(self, metas) -> Tuple[bool, ...]:
+        return tuple(not a.generated and metas.get(a.name) is not None for a in self._tensor_inputs)
+
+    def _validate(self, values, metas, static) -> Optional[Tuple[Dict[str, Any], Tensor]]:
+        """The op's checks; None for an operator only declared, on Ascend (MindSpore's own checks apply)."""
+        error = _unserved(self.op_name)
+        if error is not None:
+            raise error
+        module = registry.module(self.op_name)
+        if module is None:
+            return None
+        attrs, vector = _checked_attrs(self.op_name, tuple(values), self._present(metas))
+        module.infer(metas, attrs, {n: static.get(n) for n in self._static_names})
+        return attrs, vector
 
     # Graph mode (and ms.jit): abstract values at compile time
     def __infer__(self, attr_values, *inputs):
-        checked = _attributes(self.op_name, attr_values["value"])
-        if checked is None:
-            return {"shape": None, "dtype": None, "value": (attr_values["value"], _NOTHING_CHECKED)}
-        attrs, vector = checked
+        _require_constants(self.op_name, attr_values)
         metas, static = {}, {}
         for name, item in zip(self._names, inputs):
-            metas[name], static[name] = _meta_of_abstract(item)
-        registry.validate(self.op_name, metas, attrs, {n: static[n] for n in self._static_names})
+            metas[name], static[name] = _meta_of_abstract(self.op_name, name, item)
+        checked = self._validate(attr_values["value"], metas, static)
+        vector = _NOTHING_CHECKED if checked is None else checked[1]
         return {"shape": None, "dtype": None, "value": (tuple(attr_values["value"]), vector)}
 
     # PyNative: real tensors
     def __call__(self, attr_values, *inputs):
-        checked = _attributes(self.op_name, attr_values)
+        metas, static, tensors = {}, {}, {}
+        for name, value in zip(self._names, inputs):
+            metas[name], static[name] = None, None
+            if isinstance(value, Tensor):
+                metas[name], tensors[name] = TensorMeta(tuple(value.shape), dtype_name(value.dtype)), value
+            elif isinstance(value, (list, tuple)):
+                metas[name], static[name] = TensorMeta((len(value),), "int64"), tuple(value)
+        checked = self._validate(attr_values, metas, static)
         if checked is None:
             return attr_values, _NOTHING_CHECKED
         attrs, vector = checked
-        metas, static, tensors = {}, {}, {}
-        for name, value in zip(self._names, inputs):
-            if isinstance(value, Tensor):
-                metas[name], static[name], tensors[name] = TensorMeta(tuple(value.shape), dtype_name(value.dtype)), \
-                    None, value
-            elif isinstance(value, (list, tuple)):
-                metas[name], static[name] = TensorMeta((len(value),), "int64"), tuple(value)
-            else:
-                metas[name], static[name] = None, None
+        if backends.on_ascend():       # MindSpore's kernel checks values there; no host copies in a decode loop
+            return attr_values, vector
         module = registry.module(self.op_name)
-        module.infer(metas, attrs, {n: static[n] for n in self._static_names})
         values = {}
         for name in module.VALUE_INPUTS:
             if name in tensors:
@@ -135,15 +154,18 @@ class Validator(PrimitiveWithInfer):
         return attr_values, vector
 
 
-def _meta_of_abstract(item) -> Tuple[Optional[TensorMeta], Optional[Tuple[Any, ...]]]:
+def _meta_of_abstract(op_name: str, name: str, item) -> Tuple[Optional[TensorMeta], Optional[Tuple[Any, ...]]]:
     """(metadata, constant values) of one input as Graph mode's infer sees it."""
     dtype = item["dtype"]
     if dtype is None:
         return None, None
-    if isinstance(item["value"], (tuple, list)):     # a tuple/list of ints: its values are constants
+    if isinstance(item["value"], (tuple, list)):     # a tuple/list of ints: its values must be constants
         values = tuple(item["value"])
-        known = None if any(v is None for v in values) else values
-        return TensorMeta((len(values),), "int64"), known
+        if any(v is None for v in values):
+            raise Checker(opdef.get(op_name).class_name).type_error(
+                f"the '{name}' given as a tuple or list must hold constant ints, but got values only known at run "
+                f"time (a mutable() tuple); pass them as an int64 Tensor instead.")
+        return TensorMeta((len(values),), "int64"), values
     shape = item["shape"]
     shape = tuple(int(d) for d in shape) if shape is not None else (-2,)
     return TensorMeta(shape, dtype_name(dtype)), None

@@ -18,11 +18,12 @@ __all__ = ['AdvanceStepFlashattn', 'FlashAttentionScore', 'FusedInferAttentionSc
 class AdvanceStepFlashattn:
     r"""
     vLLM decode-step bookkeeping, in place: for q < num_queries, input_tokens[q] = sampled_token_ids[q, 0],
+    input_positions[q] = seq_lens[q], seq_lens[q] += 1, slot_mapping[q] = block_tables[q, pos // block_size] *
+    block_size + pos % block_size; padded rows q in [num_queries, num_seqs) get token 0, position 0, slot -1.
 
-    Primitive form of `ms_attention.ops.advance_step_flashattn`, with the arguments of MindSpore's AdvanceStepFlashattn:
-    attributes in __init__ (checked there), tensors in the call (key/value as a Tensor or a one-element list,
-    None for absent inputs, sequence lengths as tuple, list or Tensor). Create it in a Cell's __init__ and
-    call it in construct (Graph or PyNative mode, ms.jit), returning nothing.
+    Primitive form of `ms_attention.ops.advance_step_flashattn`, with the arguments of torch_npu's
+    AdvanceStepFlashattn: attributes in __init__ (checked there), tensors in the call (None for absent inputs).
+    Create it in a Cell's __init__ and call it in construct (Graph or PyNative mode, ms.jit); it returns nothing.
     """
     name = 'AdvanceStepFlashattn'
 
@@ -49,11 +50,12 @@ class AdvanceStepFlashattn:
 class FlashAttentionScore:
     r"""
     Training flash attention, forward and backward: ``S = scale_value * (Q·Kᵀ + real_shift)``, sparse_mode 0-8,
+    dropout with `keep_prob`, layouts BSH, SBH, BNSD, BSND, TND (cumulative actual_seq_qlen / kvlen).
 
-    Primitive form of `ms_attention.ops.flash_attention_score`, with the arguments of MindSpore's FlashAttentionScore:
-    attributes in __init__ (checked there), tensors in the call (key/value as a Tensor or a one-element list,
-    None for absent inputs, sequence lengths as tuple, list or Tensor). Create it in a Cell's __init__ and
-    call it in construct (Graph or PyNative mode, ms.jit), returning softmax_max, softmax_sum, softmax_out, attention_out.
+    Primitive form of `ms_attention.ops.flash_attention_score`, with the arguments of MindSpore's
+    FlashAttentionScore: attributes in __init__ (checked there), tensors in the call (None for absent inputs,
+    sequence lengths as tuple, list or Tensor). Create it in a Cell's __init__ and call it in construct (Graph or
+    PyNative mode, ms.jit); it returns softmax_max, softmax_sum, softmax_out, attention_out.
     """
     name = 'FlashAttentionScore'
 
@@ -94,11 +96,13 @@ class FlashAttentionScore:
 class FusedInferAttentionScore:
     r"""
     Fused inference attention: the prompt branch for Sq > 1, the incremental branch (sparse_mode and
+    pre/next tokens ignored) for Sq = 1. Adds `softmax_lse_flag`, per-token antiquant (`antiquant_mode`,
+    `key_/value_antiquant_*`), query and kv left padding, shared prefix.
 
-    Primitive form of `ms_attention.ops.fused_infer_attention_score`, with the arguments of MindSpore's FusedInferAttentionScore:
-    attributes in __init__ (checked there), tensors in the call (key/value as a Tensor or a one-element list,
-    None for absent inputs, sequence lengths as tuple, list or Tensor). Create it in a Cell's __init__ and
-    call it in construct (Graph or PyNative mode, ms.jit), returning attention_out, softmax_lse.
+    Primitive form of `ms_attention.ops.fused_infer_attention_score`, with the arguments of MindSpore's
+    FusedInferAttentionScore: attributes in __init__ (checked there), tensors in the call (key/value as a Tensor or
+    a one-element list, None for absent inputs, sequence lengths as tuple, list or Tensor). Create it in a Cell's
+    __init__ and call it in construct (Graph or PyNative mode, ms.jit); it returns attention_out, softmax_lse.
     """
     name = 'FusedInferAttentionScore'
 
@@ -159,11 +163,13 @@ class FusedInferAttentionScore:
 class FusedInferAttentionScoreV2:
     r"""
     fused_infer_attention_score with torch_npu's v2 argument names: `num_query_heads`, `softmax_scale`,
+    `return_softmax_lse`, rope inputs (`query_rope`, `key_rope`), `learnable_sink` (one float per head, added to
+    the softmax denominator with no value row), quant modes and dtype overrides.
 
-    Primitive form of `ms_attention.ops.fused_infer_attention_score_v2`, with the arguments of MindSpore's FusedInferAttentionScoreV2:
-    attributes in __init__ (checked there), tensors in the call (key/value as a Tensor or a one-element list,
-    None for absent inputs, sequence lengths as tuple, list or Tensor). Create it in a Cell's __init__ and
-    call it in construct (Graph or PyNative mode, ms.jit), returning attention_out, softmax_lse.
+    Primitive form of `ms_attention.ops.fused_infer_attention_score_v2`, with the arguments of torch_npu's
+    FusedInferAttentionScoreV2: attributes in __init__ (checked there), tensors in the call (None for absent inputs,
+    sequence lengths as tuple, list or Tensor). Create it in a Cell's __init__ and call it in construct (Graph or
+    PyNative mode, ms.jit); it returns attention_out, softmax_lse.
     """
     name = 'FusedInferAttentionScoreV2'
 
@@ -234,10 +240,10 @@ class IncreFlashAttention:
     r"""
     Incremental (decode) flash attention, the CPU twin of MindSpore's Ascend-only operator.
 
-    Primitive form of `ms_attention.ops.incre_flash_attention`, with the arguments of MindSpore's IncreFlashAttention:
-    attributes in __init__ (checked there), tensors in the call (key/value as a Tensor or a one-element list,
-    None for absent inputs, sequence lengths as tuple, list or Tensor). Create it in a Cell's __init__ and
-    call it in construct (Graph or PyNative mode, ms.jit), returning attention_out.
+    Primitive form of `ms_attention.ops.incre_flash_attention`, with the arguments of MindSpore's
+    IncreFlashAttention: attributes in __init__ (checked there), tensors in the call (key/value as a Tensor or a
+    one-element list, None for absent inputs, sequence lengths as tuple, list or Tensor). Create it in a Cell's
+    __init__ and call it in construct (Graph or PyNative mode, ms.jit); it returns attention_out.
     """
     name = 'IncreFlashAttention'
 
@@ -278,11 +284,13 @@ class IncreFlashAttention:
 class PromptFlashAttention:
     r"""
     Prompt (prefill) flash attention: ``softmax(scale_value * Q·Kᵀ + pse_shift, masked) · V`` for Sq query
+    tokens, with sparse_mode 0-4, pre_tokens / next_tokens bands, per-batch actual_seq_lengths(_kv), GQA,
+    and int8 full quantization (deq_scale1, quant_scale1, deq_scale2) or int8 output (quant_scale2).
 
-    Primitive form of `ms_attention.ops.prompt_flash_attention`, with the arguments of MindSpore's PromptFlashAttention:
-    attributes in __init__ (checked there), tensors in the call (key/value as a Tensor or a one-element list,
-    None for absent inputs, sequence lengths as tuple, list or Tensor). Create it in a Cell's __init__ and
-    call it in construct (Graph or PyNative mode, ms.jit), returning attention_out.
+    Primitive form of `ms_attention.ops.prompt_flash_attention`, with the arguments of MindSpore's
+    PromptFlashAttention: attributes in __init__ (checked there), tensors in the call (None for absent inputs,
+    sequence lengths as tuple, list or Tensor). Create it in a Cell's __init__ and call it in construct (Graph or
+    PyNative mode, ms.jit); it returns attention_out.
     """
     name = 'PromptFlashAttention'
 
@@ -324,11 +332,13 @@ class PromptFlashAttention:
 class SparseFlashAttention:
     r"""
     Selected-block sparse attention (DeepSeek-V3.2 style): each query row attends to the key blocks named by
+    `sparse_indices` (read until the first -1, clipped to the kv length), with MLA rope: scores use
+    [query ‖ query_rope]·[key ‖ key_rope], values are key's first 512 dims. sparse_mode 0 or 3.
 
-    Primitive form of `ms_attention.ops.sparse_flash_attention`, with the arguments of MindSpore's SparseFlashAttention:
-    attributes in __init__ (checked there), tensors in the call (key/value as a Tensor or a one-element list,
-    None for absent inputs, sequence lengths as tuple, list or Tensor). Create it in a Cell's __init__ and
-    call it in construct (Graph or PyNative mode, ms.jit), returning attention_out, softmax_max, softmax_sum.
+    Primitive form of `ms_attention.ops.sparse_flash_attention`, with the arguments of MindSpore's
+    SparseFlashAttention: every argument in the call (None for absent inputs, sequence lengths as tuple, list or
+    Tensor). Create it in a Cell's __init__ and call it in construct (Graph or PyNative mode, ms.jit); it returns
+    attention_out, softmax_max, softmax_sum.
     """
     name = 'SparseFlashAttention'
 
@@ -360,11 +370,12 @@ class SparseFlashAttention:
 class SpeedFusionAttention:
     r"""
     Training fusion attention in torch_npu's npu_fusion_attention form: 7 outputs, dropout seeded from the
+    global seed, `pse_type` 0-3 (1: pse added before the scale; 0: after; 2/3: internal ALiBi from slopes).
 
-    Primitive form of `ms_attention.ops.speed_fusion_attention`, with the arguments of MindSpore's SpeedFusionAttention:
-    attributes in __init__ (checked there), tensors in the call (key/value as a Tensor or a one-element list,
-    None for absent inputs, sequence lengths as tuple, list or Tensor). Create it in a Cell's __init__ and
-    call it in construct (Graph or PyNative mode, ms.jit), returning attention_out, softmax_max, softmax_sum, softmax_out, seed, offset, numels.
+    Primitive form of `ms_attention.ops.speed_fusion_attention`, with the arguments of MindSpore's
+    SpeedFusionAttention: every argument in the call (None for absent inputs, sequence lengths as tuple, list or
+    Tensor). Create it in a Cell's __init__ and call it in construct (Graph or PyNative mode, ms.jit); it returns
+    attention_out, softmax_max, softmax_sum, softmax_out, seed, offset, numels.
     """
     name = 'SpeedFusionAttention'
 

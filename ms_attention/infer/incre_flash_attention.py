@@ -9,18 +9,20 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
+from ms_attention import opdef
 from ms_attention.infer import geometry, paged, quant, seq_lengths
 from ms_attention.infer.common import Checker, TensorMeta, known, same
 
-PRIM_NAME = "IncreFlashAttention"
+_OP = opdef.get("incre_flash_attention")
+PRIM_NAME = _OP.class_name
 LAYOUTS = ("BSH", "BNSD", "BSND")
 FLOAT_TYPES = ("float16", "bfloat16")
 KV_TYPES = ("float16", "bfloat16", "int8")
 MASK_TYPES = ("bool", "int8", "uint8")
-MAX_B, MAX_N, MAX_S, MAX_D = 65535, 256, 262144, 512
-MAX_GROUP = 64
+MAX_B, MAX_N, MAX_S, MAX_D = (_OP.limit(n) for n in ("max_batch", "max_heads", "max_kv_length", "max_head_dim"))
+MAX_GROUP = _OP.limit("max_group")
 # inputs whose values (not only shapes) matter; check_values reads them on the host in PyNative
-VALUE_INPUTS = ("actual_seq_lengths", "block_table", "kv_padding_size")
+VALUE_INPUTS = ("actual_seq_lengths", "block_table")
 
 _chk = Checker(PRIM_NAME)
 
@@ -108,7 +110,7 @@ def infer(m: Dict[str, Optional[TensorMeta]], attrs: Dict[str, Any],
     if is_paged:
         cache_block = paged.cache_geometry(_chk, k, layout, kvn, d)
         max_kv = paged.check_meta(_chk, m["block_table"], k, b, attrs["block_size"], cache_block, seq,
-                                  "actual_seq_lengths")
+                                  "actual_seq_lengths", _OP.limit("max_blocks_per_seq"))
         if m["kv_padding_size"] is not None:
             raise _chk.runtime_error("the 'kv_padding_size' (KV left padding) is not supported with page attention "
                                      "('block_table' given).")

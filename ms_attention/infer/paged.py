@@ -6,8 +6,6 @@ import numpy as np
 
 from ms_attention.infer.common import INT32_MAX, UNKNOWN, Checker, TensorMeta, known, product, same
 
-MAX_BLOCKS_PER_SEQ = 16384
-
 
 def cache_geometry(chk: Checker, k: TensorMeta, layout: str, kvn: int, d: int) -> int:
     """A paged cache is (num_blocks, block_size, kvN*D) or, with input_layout BNSD, (num_blocks, kvN,
@@ -33,15 +31,15 @@ def cache_geometry(chk: Checker, k: TensorMeta, layout: str, kvn: int, d: int) -
 
 
 def check_meta(chk: Checker, block_table: TensorMeta, k: TensorMeta, b: int, block_size: int, cache_block: int,
-               lengths: Optional[TensorMeta], lengths_name: str) -> int:
+               lengths: Optional[TensorMeta], lengths_name: str, max_blocks_per_seq: int) -> int:
     """Checks a paged call's shapes; returns the longest sequence the table can hold (-1 if unknown)."""
     if block_table.rank_known:
         if block_table.ndim != 2 or not same(block_table.shape[0], b):
             raise chk.runtime_error(f"the 'block_table' must have shape (B={b}, max_blocks_per_seq), but got "
                                     f"{block_table.shape}.")
         blocks = block_table.shape[1]
-        if known(blocks) and not 0 < blocks <= MAX_BLOCKS_PER_SEQ:
-            raise chk.value_error(f"the max_blocks_per_seq of 'block_table' must be in [1, {MAX_BLOCKS_PER_SEQ}]"
+        if known(blocks) and not 0 < blocks <= max_blocks_per_seq:
+            raise chk.value_error(f"the max_blocks_per_seq of 'block_table' must be in [1, {max_blocks_per_seq}]"
                                   f", but got {blocks}.")
     else:
         blocks = UNKNOWN

@@ -7,7 +7,7 @@ implementation yet.
 """
 import functools
 import importlib
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 from ms_attention import opdef
 from ms_attention.infer.common import LAYOUT_ENUM
@@ -30,16 +30,17 @@ def check_attrs(op_name: str, values: Sequence[Any]) -> Dict[str, Any]:
     return module(op_name).check_attrs(**dict(zip(attribute_names(op_name), values)))
 
 
-def attribute_vector(op_name: str, attrs: Dict[str, Any]) -> Tuple[float, ...]:
-    """The float64 vector a native kernel reads: every scalar argument in YAML order (kernel_abi.h's attr::),
-    strings through their enum, bools as 0/1."""
+def attribute_vector(op_name: str, attrs: Dict[str, Any], present: Sequence[bool]) -> Tuple[float, ...]:
+    """The float64 vector a native kernel reads (kernel_abi.h): every scalar argument in YAML order (attr::),
+    strings through their enum, bools as 0/1, absent optional scalars as NaN; then one flag per tensor input,
+    1 when given (even as an empty tensor) and 0 when absent."""
     vector = []
     for arg in opdef.get(op_name).attributes:
         value = attrs[arg.name]
         if arg.arg_handler == "str_to_enum":
             value = LAYOUT_ENUM[value.upper()]
-        vector.append(float(value))
-    return tuple(vector)
+        vector.append(float("nan") if value is None else float(value))
+    return tuple(vector) + tuple(1.0 if p else 0.0 for p in present)
 
 
 def input_names(op_name: str) -> Tuple[str, ...]:
@@ -50,7 +51,3 @@ def input_names(op_name: str) -> Tuple[str, ...]:
 def static_names(op_name: str) -> Tuple[str, ...]:
     return tuple(a.name for a in opdef.get(op_name).tensor_inputs if a.is_int_sequence)
 
-
-def validate(op_name: str, metas: Dict[str, Any], attrs: Dict[str, Any],
-             static: Optional[Dict[str, Any]] = None) -> None:
-    module(op_name).infer(metas, attrs, static or {})

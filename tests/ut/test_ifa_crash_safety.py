@@ -77,7 +77,11 @@ SCENARIOS = {
         from ms_attention.primitive_base import KernelPrimitive
         prim = KernelPrimitive("incre_flash_attention", (4, "BSH", 1.0, 0, 0, 1), (False,) * 3 + (True,) * 12)
         empty = Tensor(np.zeros((0,), np.float32))
-        bad = Tensor(np.array([3.0, 0, 1.0, 3.0, 0, 1], np.float64))   # num_heads 3: 128 % 3 != 0
+        present = [1.0] * 3 + [0.0] * 12                                # query, key, value given
+        bad = Tensor(np.array([3.0, 0, 1.0, 3.0, 0, 1] + present))       # num_heads 3: 128 % 3 != 0
+        expect_error(lambda: prim(t((2, 1, 128)), t((2, 16, 128)), t((2, 16, 128)), *([empty] * 12), bad),
+                     RuntimeError)
+        bad = Tensor(np.array([4.0, 0, 1.0, 4.0, 0, 1] + present[:3] + [1.0] + present[4:]))  # mask flagged given
         expect_error(lambda: prim(t((2, 1, 128)), t((2, 16, 128)), t((2, 16, 128)), *([empty] * 12), bad),
                      RuntimeError)
         bad = Tensor(np.array([1.0], np.float64))                       # too short

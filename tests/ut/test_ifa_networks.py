@@ -9,6 +9,7 @@ from mindspore import ops as ms_ops
 
 from ifa_cases import Case, assert_close, to_numpy
 from ms_attention import ops, primitives
+from ms_attention import opdef as ms_attention_opdef
 from ms_attention.kernels.reference.incre_flash_attention import incre_flash_attention as reference
 
 
@@ -200,3 +201,80 @@ def test_primitive_created_inside_construct(mode):
     case.attrs["scale_value"] = 0.25
     out = _call(mode, CreatedInConstruct(), case.ms["query"], case.ms["key"], case.ms["value"])
     assert_close(to_numpy(out), case.expected(), "float16")
+
+
+class MutableLengths(nn.Cell):
+    def construct(self, q, k, v, a, b):
+        return ops.incre_flash_attention(q, [k], [v], actual_seq_lengths=mutable((a, b)), num_heads=4)
+
+
+def test_lengths_as_a_run_time_tuple_is_a_clear_type_error():
+    ms.set_context(mode=ms.GRAPH_MODE)
+    q = Tensor(np.ones((2, 1, 64), np.float16))
+    k = Tensor(np.ones((2, 5, 64), np.float16))
+    with pytest.raises(TypeError, match="actual_seq_lengths.*int64 Tensor"):
+        MutableLengths()(q, k, k, mutable(3), mutable(5))
+
+
+class AllDynamic(nn.Cell):
+    def __init__(self, **attrs):
+        super().__init__()
+        self.op = primitives.IncreFlashAttention(**attrs)
+
+    def construct(self, q, k, v, lens, pse):
+        return self.op(q, [k], [v], None, lens, pse)
+
+
+def _all_dynamic(**attrs):
+    ms.set_context(mode=ms.GRAPH_MODE)
+    cell = AllDynamic(**attrs)
+    cell.set_inputs(Tensor(shape=None, dtype=ms.float16), Tensor(shape=None, dtype=ms.float16),
+                    Tensor(shape=None, dtype=ms.float16), Tensor(shape=None, dtype=ms.int64),
+                    Tensor(shape=None, dtype=ms.float16))
+    return cell
+
+
+@pytest.mark.parametrize("what", ["head_dim_limit", "pse_head_dim", "empty_lengths"])
+def test_what_only_the_kernel_can_see_is_checked_at_run_time(what):
+    """With unknown ranks nothing about the shapes is known at compile time: the kernel applies the same
+    checks to the real shapes, and the RuntimeError names the problem."""
+    d = {"head_dim_limit": 1024, "pse_head_dim": 24, "empty_lengths": 32}[what]
+    q = Tensor(np.ones((2, 1, 2 * d), np.float16))
+    k = Tensor(np.ones((2, 8, 2 * d), np.float16))
+    lens = Tensor(np.zeros((0,), np.int64)) if what == "empty_lengths" else Tensor(np.array([8, 8]))
+    pse = Tensor(np.zeros((1, 2, 1, 8), np.float16))
+    message = {"head_dim_limit": "head dim D must not exceed 512", "pse_head_dim": "multiple of 16",
+               "empty_lengths": "actual_seq_lengths"}[what]
+    with pytest.raises(RuntimeError, match=message):
+        _all_dynamic(num_heads=2, scale_value=0.1)(q, k, k, lens, pse).asnumpy()
+
+
+def test_declared_only_primitives_construct_and_raise_at_call():
+    """A network may build an operator it does not call on this machine (prefill cell, decode-only run)."""
+    prim = primitives.FlashAttentionScore(head_num=4)
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    q = Tensor(np.ones((1, 4, 64), np.float16))
+    with pytest.raises(RuntimeError, match="no kernel serves this call"):
+        prim(q, q, q)
+
+
+@pytest.mark.parametrize("value", [[4], {"n": 4}])
+def test_unhashable_attribute_gets_the_documented_type_error(value):
+    with pytest.raises(TypeError, match="'num_heads' must be an int"):
+        primitives.IncreFlashAttention(num_heads=value)
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    q = Tensor(np.ones((2, 1, 64), np.float16))
+    with pytest.raises(TypeError, match="'num_heads' must be an int"):
+        ops.incre_flash_attention(q, q, q, num_heads=value)
+
+
+def test_attributes_that_default_to_none_are_constants():
+    """A constant None attribute (FIA v2's *_dtype attributes) is not mistaken for a run-time value."""
+    from ms_attention.primitive_base import _require_constants
+    names = [a.name for a in ms_attention_opdef.get("fused_infer_attention_score_v2").attributes]
+    values = tuple(None if n.endswith("_dtype") else 1 for n in names)
+    _require_constants("fused_infer_attention_score_v2",
+                       {"value": values, "dtype": tuple(None if v is None else ms.int64 for v in values)})
+    with pytest.raises(TypeError, match="must be a constant"):
+        _require_constants("fused_infer_attention_score_v2",
+                           {"value": values, "dtype": tuple(ms.int64 for _ in values)})

@@ -136,7 +136,15 @@ RESTORE_CODE = textwrap.dedent("""
         return state
 
     before = snapshot()
+    # MindSpore's own objects of the family, as the defining modules bind them
+    names = {n for op in opdef.load_all().values() for n in (op.function_name, op.class_name)}
+    originals = {id(v): (m, a) for (m, a), v in
+                 ((key, vars(sys.modules[key[0]])[key[1]]) for key in before if key[1] in names)}
     changed = ms_attention.install()
+    left = [f"{name}.{attr}" for name, module in list(sys.modules.items())
+            if module is not None and name.startswith("mindspore")
+            for attr, value in list(vars(module).items()) if id(value) in originals]
+    assert not left, left                         # no public name still reaches MindSpore's object
     import mindspore.ops as ops
     from mindspore.ops import auto_generate
     import mindspore.ops.operations.nn_ops as nn_ops

@@ -113,3 +113,23 @@ def test_bprop_hook_gives_gradients(mode, toy_library):
     x = Tensor(np.ones((2, 3), np.float32))
     grad = ms.grad(net, grad_position=0)(x)
     np.testing.assert_allclose(grad.asnumpy(), np.full((2, 3), SCALE + 1.0))
+
+
+class StateOnly(nn.Cell):
+    """Ignores the outputs: only the side_effect_mem label keeps the in-place update in the graph."""
+
+    def __init__(self, library):
+        super().__init__()
+        self.toy = ToyNet(library)
+
+    def construct(self, x):
+        self.toy(x)
+        return self.toy.state + 0
+
+
+def test_in_place_update_kept_when_outputs_are_unused(toy_library):
+    _set_mode("graph")
+    net = StateOnly(toy_library)
+    x = Tensor(np.ones((2, 3), np.float32))
+    assert net(x).asnumpy().tolist() == [1] * 3
+    assert net(x).asnumpy().tolist() == [2] * 3

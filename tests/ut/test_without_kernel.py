@@ -1,5 +1,5 @@
-"""Without the compiled library, the functional and the primitive raise the same RuntimeError listing why no
-kernel serves the call (the numpy reference cannot run through MindSpore 2.10's pyfunc Custom), and the
+"""Without the compiled library, a call of the functional or the primitive raises the same RuntimeError listing
+why no kernel serves it (the numpy reference cannot run through MindSpore 2.10's pyfunc Custom), and the
 reference stays usable on numpy arrays. Runs in a fresh process with MS_ATTENTION_KERNEL=reference."""
 import os
 import subprocess
@@ -29,8 +29,9 @@ SCRIPT = textwrap.dedent("""
     except RuntimeError as e:
         print("ERROR", str(e).splitlines()[0])
     from ms_attention import primitives
+    prim = primitives.IncreFlashAttention(num_heads=4, num_key_value_heads=2)   # constructs: attributes are fine
     try:
-        primitives.IncreFlashAttention(num_heads=4)
+        prim(Tensor(q), [Tensor(k)], [Tensor(k)]).asnumpy()
         print("NO PRIMITIVE ERROR")
     except RuntimeError as e:
         print("PRIMITIVE_ERROR", str(e).splitlines()[0])

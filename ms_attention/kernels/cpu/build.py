@@ -43,7 +43,8 @@ def build(out_dir):
     """Build every variant that compiles into out_dir; returns the build_info dict (empty: nothing built)."""
     cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if cxx is None:
-        sys.stderr.write("ms_attention: no C++ compiler found; the numpy reference kernels will be used.\n")
+        sys.stderr.write("ms_attention: no C++ compiler found; without the kernel library the operators "
+                         "cannot run on CPU (a call raises a RuntimeError saying so).\n")
         return {}
     os.makedirs(out_dir, exist_ok=True)
     info = {"compiler": cxx}

@@ -47,7 +47,7 @@ def _open(path: str, variant: str, isa: Tuple[str, ...]) -> Library:
 
 @functools.lru_cache(maxsize=None)
 def library() -> Optional[Library]:
-    """The library this process uses, or None (then calls fall back to the reference kernels)."""
+    """The library this process uses, or None (then a call raises a RuntimeError listing why no kernel serves it)."""
     forced = os.environ.get("MS_ATTENTION_KERNEL", "").lower()
     if forced == "reference" or not os.path.exists(BUILD_INFO):
         return None

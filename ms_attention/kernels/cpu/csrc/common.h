@@ -37,14 +37,16 @@ struct Arg {
   int ndim = 0;
   const int64_t *shape = nullptr;
   DType dtype = kUnknownDType;
+  bool given = true;  // false for an absent optional input (the attribute vector's presence flags)
 
   int64_t numel() const {
     int64_t n = 1;
     for (int i = 0; i < ndim; ++i) n *= shape[i];
     return n;
   }
-  // Optional inputs travel as shape-(0,) tensors.
-  bool present() const { return !(ndim == 1 && shape[0] == 0); }
+  // An absent optional input travels as a shape-(0,) tensor with its presence flag 0; a given one, even
+  // empty, is present (and its validator then rejects a wrong shape).
+  bool present() const { return given; }
   int64_t dim(int i) const { return i < 0 ? shape[ndim + i] : shape[i]; }
   // "(2, 1, 128)", for messages
   std::string ShapeString() const {

@@ -21,7 +21,15 @@ namespace {
 namespace op = abi::incre_flash_attention;
 namespace in = op::in;
 namespace attr = op::attr;
+namespace limits = op::limits;
 constexpr const char *kPrim = op::kPrimName;
+
+// A documented size limit (ops_yaml limits:), also checked at compile time in Python where the size is known.
+void CheckLimit(const char *what, int64_t value, int64_t limit) {
+  if (value > limit) {
+    Fail(kPrim, "%s must not exceed %lld, but got %lld.", what, (long long)limit, (long long)value);
+  }
+}
 
 struct Attributes {
   int64_t num_heads = 0, kv_heads = 0, block_size = 0;
@@ -30,8 +38,9 @@ struct Attributes {
 };
 
 // num_key_value_heads arrives normalised by the Python side (0 already means num_heads).
-Attributes ReadAttributes(const Arg &a) {
-  const double *v = ReadAttrs(kPrim, a, attr::kCount);
+// Also marks the absent optional inputs, from the vector's presence flags.
+Attributes ReadAttributes(Arg *args) {
+  const double *v = ReadAttrs(kPrim, args[in::kAttrs], op::kAttrVectorSize, op::kPresenceOffset, args);
   Attributes at;
   at.num_heads = IntAttr(kPrim, v, attr::kNumHeads, "num_heads");
   at.kv_heads = IntAttr(kPrim, v, attr::kNumKeyValueHeads, "num_key_value_heads");
@@ -42,6 +51,8 @@ Attributes ReadAttributes(const Arg &a) {
     Fail(kPrim, "the 'num_heads' must be a positive multiple of 'num_key_value_heads', but got %lld and %lld.",
          (long long)at.num_heads, (long long)at.kv_heads);
   }
+  CheckLimit("the 'num_heads'", at.num_heads, limits::kMaxHeads);
+  CheckLimit("the ratio 'num_heads' / 'num_key_value_heads'", at.num_heads / at.kv_heads, limits::kMaxGroup);
   if (at.layout != abi::kBsh && at.layout != abi::kBnsd && at.layout != abi::kBsnd) {
     Fail(kPrim, "the 'input_layout' must be BSH, BNSD or BSND, but got %s (enum %d).", LayoutName(at.layout),
          at.layout);
@@ -57,6 +68,8 @@ void ReadQuery(const Arg &q, const Attributes &at, Problem *p) {
     Fail(kPrim, "the 'query' must hold one position (S = 1) of a non-empty batch and head dim, but got shape %s.",
          q.ShapeString().c_str());
   }
+  CheckLimit("the batch size B", g.B, limits::kMaxBatch);
+  CheckLimit("the head dim D", g.D, limits::kMaxHeadDim);
   p->B = g.B;
   p->N = at.num_heads;
   p->kvN = at.kv_heads;
@@ -90,6 +103,8 @@ void ReadKeyValue(const Arg &k, const Arg &v, const Arg &block_table, const Attr
     kv.paged = true;
     kv.pages = ReadPagedCache(kPrim, "key", k, p->kvN, p->D, at.block_size);
     ReadBlockTable(kPrim, "block_table", block_table, p->B, &kv.pages);
+    CheckLimit("the max_blocks_per_seq of 'block_table'", kv.pages.max_blocks, limits::kMaxBlocksPerSeq);
+    CheckLimit("the number of elements of the paged 'key'", k.numel(), INT32_MAX);
     kv.stored_len = kv.pages.max_blocks * at.block_size;
   } else {
     const DenseGeometry g = ReadDense(kPrim, "key", k, at.layout, p->kvN);
@@ -97,6 +112,7 @@ void ReadKeyValue(const Arg &k, const Arg &v, const Arg &block_table, const Attr
       Fail(kPrim, "the 'key' must have the batch size %lld and head dim %lld of the 'query', but got shape %s.",
            (long long)p->B, (long long)p->D, k.ShapeString().c_str());
     }
+    CheckLimit("the key/value length S", g.S, limits::kMaxKvLength);
     kv.rows = g.rows;
     kv.stored_len = g.S;
   }
@@ -137,6 +153,8 @@ void ReadMask(const Arg &m, Problem *p) {
 
 // pse_shift: (B or 1, N, 1, S) in the query dtype.
 void ReadPse(const Arg &a, Problem *p) {
+  if (p->D % 16 != 0) Fail(kPrim, "the 'pse_shift' needs the head dim D to be a multiple of 16, but got D=%lld.",
+                           (long long)p->D);
   p->bias = ReadScoreBias(kPrim, "pse_shift", a, p->B, p->N, 1, p->q_dtype);
   CheckCoversKeys(kPrim, "pse_shift", a.dim(3), *p);
 }
@@ -150,7 +168,13 @@ void ReadKvAntiquant(const Arg &scale, const Arg &offset, Problem *p) {
 
 // The output has the query's shape and layout; the query dtype, or int8 with quant_scale2.
 void ReadOutput(const Arg &out, const Arg &query, const Arg &scale2, const Arg &offset2, Problem *p) {
-  if (scale2.present()) p->post_quant = ReadPostQuant(kPrim, scale2, offset2, p->N, p->D);
+  if (scale2.present()) {
+    p->post_quant = ReadPostQuant(kPrim, scale2, offset2, p->N, p->D);
+    if (p->kv.paged && scale2.numel() != 1) {
+      Fail(kPrim, "per-channel post quantization ('quant_scale2' with N*D elements) is not supported with page "
+           "attention.");
+    }
+  }
   const DType expected = p->post_quant.enabled() ? abi::kInt8 : p->q_dtype;
   if (out.dtype != expected) {
     Fail(kPrim, "the output must be %s, but got %s.", DTypeName(expected), DTypeName(out.dtype));
@@ -165,7 +189,7 @@ void ReadOutput(const Arg &out, const Arg &query, const Arg &scale2, const Arg &
 Problem Prepare(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes) {
   Arg args[op::kNumParams];
   ReadArgs(kPrim, op::kNumParams, nparam, params, ndims, shapes, dtypes, args);
-  const Attributes at = ReadAttributes(args[in::kAttrs]);
+  const Attributes at = ReadAttributes(args);
   Problem p;
   ReadQuery(args[in::kQuery], at, &p);
   ReadKeyValue(args[in::kKey], args[in::kValue], args[in::kBlockTable], at, &p);

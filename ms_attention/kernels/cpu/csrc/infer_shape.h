@@ -1,4 +1,4 @@
-// Shape inference for MindSpore's AOT Custom ops with dynamic shapes (DESIGN.md, "Dynamic shapes").
+// Shape inference for MindSpore's AOT Custom ops with dynamic shapes.
 //
 // MindSpore calls `extern "C" std::vector<int64_t> <Func>InferShape(int *ndims, int64_t **shapes,
 // mindspore::AotExtra *extra)` from the kernel library at compile time, where a dim may be -1 (unknown) and

@@ -2,9 +2,12 @@
 //
 // The kernel ABI of every operator: a kernel receives its tensor inputs in YAML order (an absent optional
 // input is a shape-(0,) tensor), then one float64 vector holding every scalar argument in YAML order
-// (strings as their enum code, bools as 0/1), then its outputs. Per operator: in::, out:: and attr:: give
+// (strings as their enum code, bools as 0/1) followed by one presence flag per tensor input (1 given, 0
+// absent, in in:: order, at kPresenceOffset), then its outputs. Per operator: in::, out:: and attr:: give
 // the positions, e.g. abi::incre_flash_attention::in::kQuery.
 #pragma once
+
+#include <cstdint>
 
 namespace msa {
 namespace abi {
@@ -21,6 +24,9 @@ enum Layout : int {
   kBnsdBsnd = 8,
   kPaBsnd = 9,
 };
+// layout names, indexed by Layout
+constexpr const char *kLayoutNames[] = {"BSH", "BNSD", "SBH", "BSND", "TND", "TH", "NSD", "SH", "BNSD_BSND", "PA_BSND"};
+constexpr int kNumLayouts = 10;
 
 enum DTypeCode : int {
   kFloat16 = 0,
@@ -66,6 +72,8 @@ enum : int {
 };
 }  // namespace attr
 constexpr int kNumParams = in::kCount + out::kCount;  // inputs (attribute vector included), outputs
+constexpr int kPresenceOffset = attr::kCount;  // presence flags of in::0 .. in::kAttrs - 1
+constexpr int kAttrVectorSize = attr::kCount + in::kAttrs;
 }  // namespace advance_step_flashattn
 
 namespace flash_attention_score {
@@ -109,6 +117,8 @@ enum : int {
 };
 }  // namespace attr
 constexpr int kNumParams = in::kCount + out::kCount;  // inputs (attribute vector included), outputs
+constexpr int kPresenceOffset = attr::kCount;  // presence flags of in::0 .. in::kAttrs - 1
+constexpr int kAttrVectorSize = attr::kCount + in::kAttrs;
 }  // namespace flash_attention_score
 
 namespace fused_infer_attention_score {
@@ -169,6 +179,8 @@ enum : int {
 };
 }  // namespace attr
 constexpr int kNumParams = in::kCount + out::kCount;  // inputs (attribute vector included), outputs
+constexpr int kPresenceOffset = attr::kCount;  // presence flags of in::0 .. in::kAttrs - 1
+constexpr int kAttrVectorSize = attr::kCount + in::kAttrs;
 }  // namespace fused_infer_attention_score
 
 namespace fused_infer_attention_score_v2 {
@@ -236,6 +248,8 @@ enum : int {
 };
 }  // namespace attr
 constexpr int kNumParams = in::kCount + out::kCount;  // inputs (attribute vector included), outputs
+constexpr int kPresenceOffset = attr::kCount;  // presence flags of in::0 .. in::kAttrs - 1
+constexpr int kAttrVectorSize = attr::kCount + in::kAttrs;
 }  // namespace fused_infer_attention_score_v2
 
 namespace incre_flash_attention {
@@ -279,6 +293,16 @@ enum : int {
 };
 }  // namespace attr
 constexpr int kNumParams = in::kCount + out::kCount;  // inputs (attribute vector included), outputs
+constexpr int kPresenceOffset = attr::kCount;  // presence flags of in::0 .. in::kAttrs - 1
+namespace limits {
+constexpr int64_t kMaxBatch = 65535;
+constexpr int64_t kMaxHeads = 256;
+constexpr int64_t kMaxGroup = 64;
+constexpr int64_t kMaxKvLength = 262144;
+constexpr int64_t kMaxHeadDim = 512;
+constexpr int64_t kMaxBlocksPerSeq = 16384;
+}  // namespace limits
+constexpr int kAttrVectorSize = attr::kCount + in::kAttrs;
 }  // namespace incre_flash_attention
 
 namespace prompt_flash_attention {
@@ -321,6 +345,8 @@ enum : int {
 };
 }  // namespace attr
 constexpr int kNumParams = in::kCount + out::kCount;  // inputs (attribute vector included), outputs
+constexpr int kPresenceOffset = attr::kCount;  // presence flags of in::0 .. in::kAttrs - 1
+constexpr int kAttrVectorSize = attr::kCount + in::kAttrs;
 }  // namespace prompt_flash_attention
 
 namespace sparse_flash_attention {
@@ -363,6 +389,8 @@ enum : int {
 };
 }  // namespace attr
 constexpr int kNumParams = in::kCount + out::kCount;  // inputs (attribute vector included), outputs
+constexpr int kPresenceOffset = attr::kCount;  // presence flags of in::0 .. in::kAttrs - 1
+constexpr int kAttrVectorSize = attr::kCount + in::kAttrs;
 }  // namespace sparse_flash_attention
 
 namespace speed_fusion_attention {
@@ -415,6 +443,8 @@ enum : int {
 };
 }  // namespace attr
 constexpr int kNumParams = in::kCount + out::kCount;  // inputs (attribute vector included), outputs
+constexpr int kPresenceOffset = attr::kCount;  // presence flags of in::0 .. in::kAttrs - 1
+constexpr int kAttrVectorSize = attr::kCount + in::kAttrs;
 }  // namespace speed_fusion_attention
 
 }  // namespace abi

@@ -20,13 +20,7 @@
 namespace msa {
 
 inline const char *LayoutName(int layout) {
-  switch (layout) {
-    case abi::kBsh: return "BSH";
-    case abi::kBnsd: return "BNSD";
-    case abi::kBsnd: return "BSND";
-    case abi::kTnd: return "TND";
-    default: return "an unsupported layout";
-  }
+  return layout >= 0 && layout < abi::kNumLayouts ? abi::kLayoutNames[layout] : "an unsupported layout";
 }
 
 // ---- the AOT call ------------------------------------------------------------------------------------
@@ -49,13 +43,24 @@ inline void ReadArgs(const char *prim, int expected, int nparam, void **params, 
   }
 }
 
-// The float64 attribute vector (kernel_abi.h): at least `count` values.
-inline const double *ReadAttrs(const char *prim, const Arg &a, int count) {
-  if (a.dtype != abi::kFloat64 || a.numel() < count) {
+// The float64 attribute vector (kernel_abi.h): `count` values, the attributes then one presence flag per
+// tensor input (from `presence_offset`); marks args[i] absent where its flag is 0.
+inline const double *ReadAttrs(const char *prim, const Arg &a, int count, int presence_offset, Arg *args) {
+  if (a.dtype != abi::kFloat64 || a.numel() != count) {
     Fail(prim, "the attribute vector must hold %d float64 values, but got %lld of %s.", count,
          (long long)a.numel(), DTypeName(a.dtype));
   }
-  return static_cast<const double *>(a.data);
+  const double *v = static_cast<const double *>(a.data);
+  for (int i = 0; i < count - presence_offset; ++i) {
+    const double flag = v[presence_offset + i];
+    if (flag != 0.0 && flag != 1.0) Fail(prim, "the presence flag of input %d must be 0 or 1, but got %g.", i, flag);
+    args[i].given = flag == 1.0;
+    if (!args[i].given && !(args[i].ndim == 1 && args[i].shape[0] == 0)) {
+      Fail(prim, "the absent input %d must be an empty placeholder, but got shape %s.", i,
+           args[i].ShapeString().c_str());
+    }
+  }
+  return v;
 }
 
 // An integer attribute (it travels as a float64).
