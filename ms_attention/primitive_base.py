@@ -208,4 +208,4 @@ class KernelPrimitive(ops.Custom):
         names = [a.name for a in self._op.tensor_inputs]
         by_name = {n: None if self._absent.get(n) else dtype_name(d) for n, d in zip(names, dtypes)}
         out = tuple(getattr(mstype, name) for name in self._module.output_dtypes(self._attrs, by_name))
-        return out if len(out) > 1 else out[0]
+        return out[0] if len(out) == 1 else out

@@ -80,17 +80,21 @@ class DynamicCell(nn.Cell):
         return self.op(q, [k], [v], actual_seq_lengths=lens)
 
 
+def _unknown(shape, axis):
+    return [None if i == axis else d for i, d in enumerate(shape)]
+
+
 DYNAMIC = {
-    # which dims of (query, key/value) are unknown at compile time; None = unknown rank
-    "batch": lambda q, k: ([None] + list(q[1:]), [None] + list(k[1:])),
-    "kv_length": lambda q, k: (list(q), [k[0], None] + list(k[2:])),
-    "all_dims": lambda q, k: ([None] * len(q), [None] * len(k)),
-    "rank": lambda q, k: (None, None),
+    # which dims of (query, key/value) are unknown at compile time, per layout; None = unknown rank
+    "batch": lambda q, k, layout: (_unknown(q, 0), _unknown(k, 0)),
+    "kv_length": lambda q, k, layout: (list(q), _unknown(k, 2 if layout == "BNSD" else 1)),
+    "all_dims": lambda q, k, layout: ([None] * len(q), [None] * len(k)),
+    "rank": lambda q, k, layout: (None, None),
 }
 
 
 @pytest.mark.parametrize("kind", sorted(DYNAMIC))
-@pytest.mark.parametrize("layout", ["BSH", "BSND"])
+@pytest.mark.parametrize("layout", ["BSH", "BNSD", "BSND"])
 def test_dynamic_shapes_one_graph_many_shapes(kind, layout):
     """One compiled graph serves calls with different batch sizes and KV lengths, with correct numbers."""
     ms.set_context(mode=ms.GRAPH_MODE)
@@ -98,7 +102,7 @@ def test_dynamic_shapes_one_graph_many_shapes(kind, layout):
         kind, [(2, 40), (5, 17), (3, 64)])
     first = Case(b=shapes[0][0], n=8, kvn=2, s=shapes[0][1], d=32, layout=layout)
     cell = DynamicCell(8, 2, layout, first.attrs["scale_value"])
-    q_dims, k_dims = DYNAMIC[kind](first.ms["query"].shape, first.ms["key"].shape)
+    q_dims, k_dims = DYNAMIC[kind](first.ms["query"].shape, first.ms["key"].shape, layout)
     lens_spec = Tensor(shape=[None], dtype=ms.int64)
     cell.set_inputs(Tensor(shape=q_dims, dtype=ms.float16), Tensor(shape=k_dims, dtype=ms.float16),
                     Tensor(shape=k_dims, dtype=ms.float16), lens_spec)
@@ -157,6 +161,31 @@ class PagedDecode(nn.Cell):
         ms_ops.scatter_nd_update(self.value_cache, slots, v_new)
         return self.op(q, [self.key_cache], [self.value_cache], None, seq_lens, None, None, None, None, None, None,
                        None, None, block_table, None)
+
+
+def test_paged_decode_with_dynamic_batch_and_table():
+    """One graph for a paged decode step whose batch size and table width change between calls."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    net = PagedDecode(4, "BSH")
+    net.set_inputs(Tensor(shape=[None, 1, HEADS * DIM], dtype=ms.float16),
+                   Tensor(shape=[None, KV_HEADS * DIM], dtype=ms.float16),
+                   Tensor(shape=[None, KV_HEADS * DIM], dtype=ms.float16), Tensor(shape=[None, 2], dtype=ms.int32),
+                   Tensor(shape=[None, None], dtype=ms.int32), Tensor(shape=[None], dtype=ms.int64))
+    rng = np.random.default_rng(3)
+    for batch, width in ((4, 4), (2, 3), (3, 4)):
+        table = rng.permutation(4 * BLOCKS_PER_SEQ)[:batch * width].reshape(batch, width).astype(np.int32)
+        lens = rng.integers(1, width * BLOCK - 1, batch).astype(np.int64)
+        block = table[np.arange(batch), lens // BLOCK]
+        slots = np.stack([block, lens % BLOCK], 1).astype(np.int32)
+        lens = lens + 1
+        q = rng.standard_normal((batch, 1, HEADS * DIM)).astype(np.float16)
+        k_new = rng.standard_normal((batch, KV_HEADS * DIM)).astype(np.float16)
+        out = net(Tensor(q), Tensor(k_new), Tensor(k_new), Tensor(slots), Tensor(table), Tensor(lens))
+        expected = reference(q.astype(np.float32), net.key_cache.asnumpy().astype(np.float32),
+                             net.value_cache.asnumpy().astype(np.float32), actual_seq_lengths=lens,
+                             block_table=table, num_heads=HEADS, input_layout="BSH", scale_value=DIM ** -0.5,
+                             num_key_value_heads=KV_HEADS, block_size=BLOCK)
+        assert_close(to_numpy(out), expected, "float16")
 
 
 @pytest.mark.parametrize("layout", ["BSH", "BNSD"])
