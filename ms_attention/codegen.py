@@ -168,7 +168,7 @@ def _primitive(op: opdef.OpDef) -> str:
              f"{op.class_name}: {where} ({', '.join(conventions)}). Create it in a Cell's __init__ and call it in "
              f"construct (Graph or PyNative mode, ms.jit); it returns {', '.join(op.returns) or 'nothing'}.")
     doc = f"{summary}\n\n{textwrap.fill(usage, width=112)}\n"
-    lines = ["@_jit_class", f"class {op.class_name}:", _doc(doc, "    ").rstrip("\n"),
+    lines = ["@_jit_class", f"class {op.class_name}(_PrimitiveMethods):", _doc(doc, "    ").rstrip("\n"),
              f"    name = {op.class_name!r}", "",
              _wrap(f"def __init__(self{''.join(', ' + p for p in init_params)}):", "    ")]
     if op.init_args and len(op.init_args) == len(op.attributes):
@@ -180,13 +180,7 @@ def _primitive(op: opdef.OpDef) -> str:
     args = ", ".join(f"self.{a.name}" if a.prim_init else a.name for a in op.args if not a.generated)
     if _has_ascend(op):
         lines += ["        if _rt_on_ascend():", _wrap(f"return _ops._{op.name}_ascend({args})", "            ")]
-    lines += [_wrap(f"return _ops._{op.name}({args})", "        "), "",
-              "    def shard(self, in_strategy=None, out_strategy=None):",
-              '        """Accepted for MindSpore compatibility: a single-device CPU run has nothing to shard."""',
-              "        return self", "",
-              "    def add_prim_attr(self, name, value):",
-              '        """Accepted for MindSpore compatibility: the kernel reads no extra attributes."""',
-              "        return self"]
+    lines += [_wrap(f"return _ops._{op.name}({args})", "        ")]
     return "\n".join(lines) + "\n"
 
 
@@ -199,6 +193,7 @@ def render_primitives() -> str:
              'Graph mode parses, so they run the same path as the functional (ops._<op>) in every mode."""\n',
              "from mindspore import jit_class as _jit_class\n\n",
              "from ms_attention import ops as _ops\n",
+             "from ms_attention.primitive_base import PrimitiveMethods as _PrimitiveMethods\n",
              "from ms_attention._runtime import check_attrs as _rt_check_attrs\n",
              "from ms_attention._runtime import on_ascend as _rt_on_ascend\n\n",
              _wrap(f"__all__ = [{names}]", ""), "\n"]

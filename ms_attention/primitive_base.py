@@ -154,6 +154,18 @@ class Validator(PrimitiveWithInfer):
         return attr_values, vector
 
 
+class PrimitiveMethods:
+    """The methods model code calls on a MindSpore primitive besides calling it, for the primitive classes."""
+
+    def shard(self, in_strategy=None, out_strategy=None):
+        """Accepted for MindSpore compatibility: a single-device CPU run has nothing to shard."""
+        return self
+
+    def add_prim_attr(self, name, value):
+        """Accepted for MindSpore compatibility: the kernel reads no extra attributes."""
+        return self
+
+
 def _meta_of_abstract(op_name: str, name: str, item) -> Tuple[Optional[TensorMeta], Optional[Tuple[Any, ...]]]:
     """(metadata, constant values) of one input as Graph mode's infer sees it."""
     dtype = item["dtype"]

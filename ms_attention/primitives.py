@@ -7,6 +7,7 @@ Graph mode parses, so they run the same path as the functional (ops._<op>) in ev
 from mindspore import jit_class as _jit_class
 
 from ms_attention import ops as _ops
+from ms_attention.primitive_base import PrimitiveMethods as _PrimitiveMethods
 from ms_attention._runtime import check_attrs as _rt_check_attrs
 from ms_attention._runtime import on_ascend as _rt_on_ascend
 
@@ -15,7 +16,7 @@ __all__ = ['AdvanceStepFlashattn', 'FlashAttentionScore', 'FusedInferAttentionSc
 
 
 @_jit_class
-class AdvanceStepFlashattn:
+class AdvanceStepFlashattn(_PrimitiveMethods):
     r"""
     vLLM decode-step bookkeeping, in place: for q < num_queries, input_tokens[q] = sampled_token_ids[q, 0],
     input_positions[q] = seq_lens[q], seq_lens[q] += 1, slot_mapping[q] = block_tables[q, pos // block_size] *
@@ -37,17 +38,9 @@ class AdvanceStepFlashattn:
         return _ops._advance_step_flashattn(input_tokens, sampled_token_ids, input_positions, seq_lens,
             slot_mapping, block_tables, self.num_seqs, self.num_queries, self.block_size)
 
-    def shard(self, in_strategy=None, out_strategy=None):
-        """Accepted for MindSpore compatibility: a single-device CPU run has nothing to shard."""
-        return self
-
-    def add_prim_attr(self, name, value):
-        """Accepted for MindSpore compatibility: the kernel reads no extra attributes."""
-        return self
-
 
 @_jit_class
-class FlashAttentionScore:
+class FlashAttentionScore(_PrimitiveMethods):
     r"""
     Training flash attention, forward and backward: ``S = scale_value * (Q·Kᵀ + real_shift)``, sparse_mode 0-8,
     dropout with `keep_prob`, layouts BSH, SBH, BNSD, BSND, TND (cumulative actual_seq_qlen / kvlen).
@@ -83,17 +76,9 @@ class FlashAttentionScore:
             prefix, actual_seq_qlen, actual_seq_kvlen, self.head_num, self.keep_prob, self.scale_value,
             self.pre_tokens, self.next_tokens, self.inner_precise, self.input_layout, self.sparse_mode)
 
-    def shard(self, in_strategy=None, out_strategy=None):
-        """Accepted for MindSpore compatibility: a single-device CPU run has nothing to shard."""
-        return self
-
-    def add_prim_attr(self, name, value):
-        """Accepted for MindSpore compatibility: the kernel reads no extra attributes."""
-        return self
-
 
 @_jit_class
-class FusedInferAttentionScore:
+class FusedInferAttentionScore(_PrimitiveMethods):
     r"""
     Fused inference attention: the prompt branch for Sq > 1, the incremental branch (sparse_mode and
     pre/next tokens ignored) for Sq = 1. Adds `softmax_lse_flag`, per-token antiquant (`antiquant_mode`,
@@ -150,17 +135,9 @@ class FusedInferAttentionScore:
             self.inner_precise, self.block_size, self.antiquant_mode, self.softmax_lse_flag,
             self.key_antiquant_mode, self.value_antiquant_mode)
 
-    def shard(self, in_strategy=None, out_strategy=None):
-        """Accepted for MindSpore compatibility: a single-device CPU run has nothing to shard."""
-        return self
-
-    def add_prim_attr(self, name, value):
-        """Accepted for MindSpore compatibility: the kernel reads no extra attributes."""
-        return self
-
 
 @_jit_class
-class FusedInferAttentionScoreV2:
+class FusedInferAttentionScoreV2(_PrimitiveMethods):
     r"""
     fused_infer_attention_score with torch_npu's v2 argument names: `num_query_heads`, `softmax_scale`,
     `return_softmax_lse`, rope inputs (`query_rope`, `key_rope`), `learnable_sink` (one float per head, added to
@@ -226,17 +203,9 @@ class FusedInferAttentionScoreV2:
             self.dequant_scale_query_dtype, self.dequant_scale_key_dtype, self.dequant_scale_value_dtype,
             self.dequant_scale_key_rope_dtype, self.out_dtype)
 
-    def shard(self, in_strategy=None, out_strategy=None):
-        """Accepted for MindSpore compatibility: a single-device CPU run has nothing to shard."""
-        return self
-
-    def add_prim_attr(self, name, value):
-        """Accepted for MindSpore compatibility: the kernel reads no extra attributes."""
-        return self
-
 
 @_jit_class
-class IncreFlashAttention:
+class IncreFlashAttention(_PrimitiveMethods):
     r"""
     Incremental (decode) flash attention, the CPU twin of MindSpore's Ascend-only operator.
 
@@ -271,17 +240,9 @@ class IncreFlashAttention:
             antiquant_offset, block_table, kv_padding_size, self.num_heads, self.input_layout, self.scale_value,
             self.num_key_value_heads, self.block_size, self.inner_precise)
 
-    def shard(self, in_strategy=None, out_strategy=None):
-        """Accepted for MindSpore compatibility: a single-device CPU run has nothing to shard."""
-        return self
-
-    def add_prim_attr(self, name, value):
-        """Accepted for MindSpore compatibility: the kernel reads no extra attributes."""
-        return self
-
 
 @_jit_class
-class PromptFlashAttention:
+class PromptFlashAttention(_PrimitiveMethods):
     r"""
     Prompt (prefill) flash attention: ``softmax(scale_value * Q·Kᵀ + pse_shift, masked) · V`` for Sq query
     tokens, with sparse_mode 0-4, pre_tokens / next_tokens bands, per-batch actual_seq_lengths(_kv), GQA,
@@ -319,17 +280,9 @@ class PromptFlashAttention:
             self.scale_value, self.pre_tokens, self.next_tokens, self.input_layout, self.num_key_value_heads,
             self.sparse_mode, self.inner_precise)
 
-    def shard(self, in_strategy=None, out_strategy=None):
-        """Accepted for MindSpore compatibility: a single-device CPU run has nothing to shard."""
-        return self
-
-    def add_prim_attr(self, name, value):
-        """Accepted for MindSpore compatibility: the kernel reads no extra attributes."""
-        return self
-
 
 @_jit_class
-class SparseFlashAttention:
+class SparseFlashAttention(_PrimitiveMethods):
     r"""
     Selected-block sparse attention (DeepSeek-V3.2 style): each query row attends to the key blocks named by
     `sparse_indices` (read until the first -1, clipped to the kv length), with MLA rope: scores use
@@ -357,17 +310,9 @@ class SparseFlashAttention:
             actual_seq_lengths_query, actual_seq_lengths_kv, query_rope, key_rope, sparse_block_size, layout_query,
             layout_kv, sparse_mode, pre_tokens, next_tokens, attention_mode, return_softmax_lse)
 
-    def shard(self, in_strategy=None, out_strategy=None):
-        """Accepted for MindSpore compatibility: a single-device CPU run has nothing to shard."""
-        return self
-
-    def add_prim_attr(self, name, value):
-        """Accepted for MindSpore compatibility: the kernel reads no extra attributes."""
-        return self
-
 
 @_jit_class
-class SpeedFusionAttention:
+class SpeedFusionAttention(_PrimitiveMethods):
     r"""
     Training fusion attention in torch_npu's npu_fusion_attention form: 7 outputs, dropout seeded from the
     global seed, `pse_type` 0-3 (1: pse added before the scale; 0: after; 2/3: internal ALiBi from slopes).
@@ -393,11 +338,3 @@ class SpeedFusionAttention:
         return _ops._speed_fusion_attention(query, key, value, head_num, input_layout, pse, padding_mask,
             atten_mask, scale, keep_prob, pre_tokens, next_tokens, inner_precise, prefix, actual_seq_qlen,
             actual_seq_kvlen, sparse_mode, gen_mask_parallel, sync, pse_type, q_start_idx, kv_start_idx)
-
-    def shard(self, in_strategy=None, out_strategy=None):
-        """Accepted for MindSpore compatibility: a single-device CPU run has nothing to shard."""
-        return self
-
-    def add_prim_attr(self, name, value):
-        """Accepted for MindSpore compatibility: the kernel reads no extra attributes."""
-        return self
