@@ -57,9 +57,6 @@ class TensorMeta:
     def numel(self) -> int:
         return product(*self.shape) if self.rank_known else UNKNOWN
 
-    def dim(self, i: int) -> int:
-        return self.shape[i] if self.rank_known else UNKNOWN
-
 
 def dtype_name(dtype: Any) -> str:
     """MindSpore dtype, TensorType (what Custom's infer receives) or numpy dtype -> 'float16' style name."""
