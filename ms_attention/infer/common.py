@@ -66,7 +66,6 @@ def dtype_name(dtype: Any) -> str:
     return {"float": "float32", "double": "float64", "half": "float16"}.get(name, name)
 
 
-
 def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
