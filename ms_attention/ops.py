@@ -253,11 +253,12 @@ _fused_infer_attention_score_v2_check = _base.Validator('fused_infer_attention_s
 def _fused_infer_attention_score_v2(query, key, value, query_rope, key_rope, pse_shift, atten_mask,
     actual_seq_lengths, actual_seq_lengths_kv, block_table, dequant_scale_query, dequant_scale_key,
     dequant_offset_key, dequant_scale_value, dequant_offset_value, dequant_scale_key_rope, quant_scale_out,
-    quant_offset_out, learnable_sink, num_query_heads, num_key_value_heads, softmax_scale, pre_tokens, next_tokens,
-    input_layout, sparse_mode, block_size, query_quant_mode, key_quant_mode, value_quant_mode, inner_precise,
-    return_softmax_lse, query_dtype, key_dtype, value_dtype, query_rope_dtype, key_rope_dtype,
-    key_shared_prefix_dtype, value_shared_prefix_dtype, dequant_scale_query_dtype, dequant_scale_key_dtype,
-    dequant_scale_value_dtype, dequant_scale_key_rope_dtype, out_dtype):
+    quant_offset_out, learnable_sink, key_shared_prefix, value_shared_prefix, actual_shared_prefix_len,
+    num_query_heads, num_key_value_heads, softmax_scale, pre_tokens, next_tokens, input_layout, sparse_mode,
+    block_size, query_quant_mode, key_quant_mode, value_quant_mode, inner_precise, return_softmax_lse, query_dtype,
+    key_dtype, value_dtype, query_rope_dtype, key_rope_dtype, key_shared_prefix_dtype, value_shared_prefix_dtype,
+    dequant_scale_query_dtype, dequant_scale_key_dtype, dequant_scale_value_dtype, dequant_scale_key_rope_dtype,
+    out_dtype):
     """CPU path of fused_infer_attention_score_v2: arguments in the primitive's order, every output."""
     attr_values, attrs = _fused_infer_attention_score_v2_check((num_query_heads, num_key_value_heads, softmax_scale,
         pre_tokens, next_tokens, input_layout, sparse_mode, block_size, query_quant_mode, key_quant_mode,
@@ -266,18 +267,21 @@ def _fused_infer_attention_score_v2(query, key, value, query_rope, key_rope, pse
         dequant_scale_key_dtype, dequant_scale_value_dtype, dequant_scale_key_rope_dtype, out_dtype,), query, key,
         value, query_rope, key_rope, pse_shift, atten_mask, actual_seq_lengths, actual_seq_lengths_kv, block_table,
         dequant_scale_query, dequant_scale_key, dequant_offset_key, dequant_scale_value, dequant_offset_value,
-        dequant_scale_key_rope, quant_scale_out, quant_offset_out, learnable_sink)
+        dequant_scale_key_rope, quant_scale_out, quant_offset_out, learnable_sink, key_shared_prefix,
+        value_shared_prefix, actual_shared_prefix_len)
     kernel = _rt.cached(_base.KernelPrimitive)('fused_infer_attention_score_v2', attr_values, (False, False, False,
         query_rope is None, key_rope is None, pse_shift is None, atten_mask is None, actual_seq_lengths is None,
         actual_seq_lengths_kv is None, block_table is None, dequant_scale_query is None, dequant_scale_key is None,
         dequant_offset_key is None, dequant_scale_value is None, dequant_offset_value is None,
-        dequant_scale_key_rope is None, quant_scale_out is None, quant_offset_out is None, learnable_sink is None,))
+        dequant_scale_key_rope is None, quant_scale_out is None, quant_offset_out is None, learnable_sink is None,
+        key_shared_prefix is None, value_shared_prefix is None, actual_shared_prefix_len is None,))
     return kernel(query, key, value, _rt.or_empty(query_rope), _rt.or_empty(key_rope), _rt.or_empty(pse_shift),
         _rt.or_empty(atten_mask), _rt.int_tensor(actual_seq_lengths), _rt.int_tensor(actual_seq_lengths_kv),
         _rt.or_empty(block_table), _rt.or_empty(dequant_scale_query), _rt.or_empty(dequant_scale_key),
         _rt.or_empty(dequant_offset_key), _rt.or_empty(dequant_scale_value), _rt.or_empty(dequant_offset_value),
         _rt.or_empty(dequant_scale_key_rope), _rt.or_empty(quant_scale_out), _rt.or_empty(quant_offset_out),
-        _rt.or_empty(learnable_sink), attrs)
+        _rt.or_empty(learnable_sink), _rt.or_empty(key_shared_prefix), _rt.or_empty(value_shared_prefix),
+        _rt.int_tensor(actual_shared_prefix_len), attrs)
 
 
 
@@ -285,12 +289,13 @@ def fused_infer_attention_score_v2(query, key, value, *, query_rope=None, key_ro
     atten_mask=None, actual_seq_lengths=None, actual_seq_lengths_kv=None, block_table=None,
     dequant_scale_query=None, dequant_scale_key=None, dequant_offset_key=None, dequant_scale_value=None,
     dequant_offset_value=None, dequant_scale_key_rope=None, quant_scale_out=None, quant_offset_out=None,
-    learnable_sink=None, num_query_heads=1, num_key_value_heads=1, softmax_scale=1.0, pre_tokens=2147483647,
-    next_tokens=2147483647, input_layout='BSH', sparse_mode=0, block_size=0, query_quant_mode=0, key_quant_mode=0,
-    value_quant_mode=0, inner_precise=1, return_softmax_lse=False, query_dtype=None, key_dtype=None,
-    value_dtype=None, query_rope_dtype=None, key_rope_dtype=None, key_shared_prefix_dtype=None,
-    value_shared_prefix_dtype=None, dequant_scale_query_dtype=None, dequant_scale_key_dtype=None,
-    dequant_scale_value_dtype=None, dequant_scale_key_rope_dtype=None, out_dtype=None):
+    learnable_sink=None, key_shared_prefix=None, value_shared_prefix=None, actual_shared_prefix_len=None,
+    num_query_heads=1, num_key_value_heads=1, softmax_scale=1.0, pre_tokens=2147483647, next_tokens=2147483647,
+    input_layout='BSH', sparse_mode=0, block_size=0, query_quant_mode=0, key_quant_mode=0, value_quant_mode=0,
+    inner_precise=1, return_softmax_lse=False, query_dtype=None, key_dtype=None, value_dtype=None,
+    query_rope_dtype=None, key_rope_dtype=None, key_shared_prefix_dtype=None, value_shared_prefix_dtype=None,
+    dequant_scale_query_dtype=None, dequant_scale_key_dtype=None, dequant_scale_value_dtype=None,
+    dequant_scale_key_rope_dtype=None, out_dtype=None):
     r"""
     fused_infer_attention_score with torch_npu's v2 argument names: `num_query_heads`, `softmax_scale`,
     `return_softmax_lse`, rope inputs (`query_rope`, `key_rope`), `learnable_sink` (one float per head, added to
@@ -309,11 +314,12 @@ def fused_infer_attention_score_v2(query, key, value, *, query_rope=None, key_ro
     return _fused_infer_attention_score_v2(query, key, value, query_rope, key_rope, pse_shift, atten_mask,
         actual_seq_lengths, actual_seq_lengths_kv, block_table, dequant_scale_query, dequant_scale_key,
         dequant_offset_key, dequant_scale_value, dequant_offset_value, dequant_scale_key_rope, quant_scale_out,
-        quant_offset_out, learnable_sink, num_query_heads, num_key_value_heads, softmax_scale, pre_tokens,
-        next_tokens, input_layout, sparse_mode, block_size, query_quant_mode, key_quant_mode, value_quant_mode,
-        inner_precise, return_softmax_lse, query_dtype, key_dtype, value_dtype, query_rope_dtype, key_rope_dtype,
-        key_shared_prefix_dtype, value_shared_prefix_dtype, dequant_scale_query_dtype, dequant_scale_key_dtype,
-        dequant_scale_value_dtype, dequant_scale_key_rope_dtype, out_dtype)
+        quant_offset_out, learnable_sink, key_shared_prefix, value_shared_prefix, actual_shared_prefix_len,
+        num_query_heads, num_key_value_heads, softmax_scale, pre_tokens, next_tokens, input_layout, sparse_mode,
+        block_size, query_quant_mode, key_quant_mode, value_quant_mode, inner_precise, return_softmax_lse,
+        query_dtype, key_dtype, value_dtype, query_rope_dtype, key_rope_dtype, key_shared_prefix_dtype,
+        value_shared_prefix_dtype, dequant_scale_query_dtype, dequant_scale_key_dtype, dequant_scale_value_dtype,
+        dequant_scale_key_rope_dtype, out_dtype)
 
 
 _incre_flash_attention_check = _base.Validator('incre_flash_attention')

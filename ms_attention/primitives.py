@@ -191,17 +191,18 @@ class FusedInferAttentionScoreV2(_PrimitiveMethods):
     def __call__(self, query, key, value, query_rope=None, key_rope=None, pse_shift=None, atten_mask=None,
         actual_seq_lengths=None, actual_seq_lengths_kv=None, block_table=None, dequant_scale_query=None,
         dequant_scale_key=None, dequant_offset_key=None, dequant_scale_value=None, dequant_offset_value=None,
-        dequant_scale_key_rope=None, quant_scale_out=None, quant_offset_out=None, learnable_sink=None):
+        dequant_scale_key_rope=None, quant_scale_out=None, quant_offset_out=None, learnable_sink=None,
+        key_shared_prefix=None, value_shared_prefix=None, actual_shared_prefix_len=None):
         return _ops._fused_infer_attention_score_v2(query, key, value, query_rope, key_rope, pse_shift, atten_mask,
             actual_seq_lengths, actual_seq_lengths_kv, block_table, dequant_scale_query, dequant_scale_key,
             dequant_offset_key, dequant_scale_value, dequant_offset_value, dequant_scale_key_rope, quant_scale_out,
-            quant_offset_out, learnable_sink, self.num_query_heads, self.num_key_value_heads, self.softmax_scale,
-            self.pre_tokens, self.next_tokens, self.input_layout, self.sparse_mode, self.block_size,
-            self.query_quant_mode, self.key_quant_mode, self.value_quant_mode, self.inner_precise,
-            self.return_softmax_lse, self.query_dtype, self.key_dtype, self.value_dtype, self.query_rope_dtype,
-            self.key_rope_dtype, self.key_shared_prefix_dtype, self.value_shared_prefix_dtype,
-            self.dequant_scale_query_dtype, self.dequant_scale_key_dtype, self.dequant_scale_value_dtype,
-            self.dequant_scale_key_rope_dtype, self.out_dtype)
+            quant_offset_out, learnable_sink, key_shared_prefix, value_shared_prefix, actual_shared_prefix_len,
+            self.num_query_heads, self.num_key_value_heads, self.softmax_scale, self.pre_tokens, self.next_tokens,
+            self.input_layout, self.sparse_mode, self.block_size, self.query_quant_mode, self.key_quant_mode,
+            self.value_quant_mode, self.inner_precise, self.return_softmax_lse, self.query_dtype, self.key_dtype,
+            self.value_dtype, self.query_rope_dtype, self.key_rope_dtype, self.key_shared_prefix_dtype,
+            self.value_shared_prefix_dtype, self.dequant_scale_query_dtype, self.dequant_scale_key_dtype,
+            self.dequant_scale_value_dtype, self.dequant_scale_key_rope_dtype, self.out_dtype)
 
 
 @_jit_class

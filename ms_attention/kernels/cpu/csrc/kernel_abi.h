@@ -206,8 +206,11 @@ enum : int {
   kQuantScaleOut = 16,
   kQuantOffsetOut = 17,
   kLearnableSink = 18,
-  kAttrs = 19,
-  kCount = 20
+  kKeySharedPrefix = 19,
+  kValueSharedPrefix = 20,
+  kActualSharedPrefixLen = 21,
+  kAttrs = 22,
+  kCount = 23
 };
 }  // namespace in
 namespace out {
