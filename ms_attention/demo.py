@@ -1,9 +1,11 @@
-"""`python -m ms_attention demo`: a small decode loop in Graph mode over a paged KV cache.
+"""`python -m ms_attention demo`: a prefill then a decode loop in Graph mode over a paged KV cache.
 
-One attention layer with random, seeded weights. Each step projects the new token of every sequence to q, k,
-v, writes k and v into the paged cache at the slot the block table gives (vLLM style), and calls
-incre_flash_attention on the cache. The sequences start at different lengths so the batch is ragged. The last
-step is checked against the numpy reference.
+One attention layer with random, seeded weights, vLLM style. The prefill step takes the prompts of every
+sequence packed into one TND batch (ragged lengths), projects them to q, k, v, writes k and v into the paged cache
+at the slots the block table gives, and runs fused_infer_attention_score over the cache (TND, causal
+sparse_mode 3 with the compressed 2048 x 2048 mask, GQA). Each decode step then projects the new token of every
+sequence, writes it to the cache and calls incre_flash_attention on the cache. The prefill output and the last
+decode step are checked against the numpy references.
 """
 import time
 
@@ -14,11 +16,36 @@ from mindspore import ops as ms_ops
 
 from ms_attention import ops
 from ms_attention.kernels.cpu import loader
+from ms_attention.kernels.reference.fused_attention import fused_infer_attention_score as prefill_reference
 from ms_attention.kernels.reference.incre_flash_attention import incre_flash_attention as reference
 
 HIDDEN, NUM_HEADS, KV_HEADS, HEAD_DIM = 512, 8, 2, 64
 BATCH, BLOCK_SIZE, BLOCKS_PER_SEQ = 4, 16, 16
 NUM_BLOCKS = BATCH * BLOCKS_PER_SEQ
+
+
+class PrefillLayer(nn.Cell):
+    """The prompt step: q/k/v projections of the packed prompts, the paged cache write, and
+    fused_infer_attention_score (TND, causal, GQA) over the cache. Shares the decode layer's weights and cache."""
+
+    def __init__(self, decode_layer):
+        super().__init__()
+        self.layer = decode_layer
+        self.causal_mask = Tensor(np.triu(np.ones((2048, 2048), np.bool_), 1))   # compressed mask of mode 3
+
+    def construct(self, x, slots, block_table, cu_seq_lens, seq_lens):
+        layer = self.layer
+        q = ms_ops.cast(ms_ops.matmul(x, layer.wq), ms.float16)
+        k = ms_ops.cast(ms_ops.matmul(x, layer.wk), ms.float16)
+        v = ms_ops.cast(ms_ops.matmul(x, layer.wv), ms.float16)
+        ms_ops.scatter_nd_update(layer.key_cache, slots, k)
+        ms_ops.scatter_nd_update(layer.value_cache, slots, v)
+        q = ms_ops.reshape(q, (-1, NUM_HEADS, HEAD_DIM))                # (T, N, D): TND
+        out, _ = ops.fused_infer_attention_score(
+            q, layer.key_cache, layer.value_cache, atten_mask=self.causal_mask, actual_seq_lengths=cu_seq_lens,
+            actual_seq_lengths_kv=seq_lens, block_table=block_table, num_heads=NUM_HEADS, scale=layer.scale,
+            input_layout="TND", num_key_value_heads=KV_HEADS, sparse_mode=3, block_size=BLOCK_SIZE)
+        return out, q
 
 
 class DecodeLayer(nn.Cell):
@@ -50,22 +77,54 @@ class DecodeLayer(nn.Cell):
         return out, q
 
 
+def _slots(block_table, batch_of_token, positions):
+    """(block, slot) of each token in the paged cache, for scatter_nd_update."""
+    block = block_table[batch_of_token, positions // BLOCK_SIZE]
+    return np.stack([block, positions % BLOCK_SIZE], axis=1).astype(np.int32)
+
+
+def _close(out, expected):
+    err = np.abs(out.astype(np.float64) - expected)
+    return err.max(), bool(np.all(err <= 2.5e-5 + 0.005 * np.abs(expected)) and not np.isnan(out).any())
+
+
 def run(steps=48, seed=0, verbose=True):
     ms.set_context(mode=ms.GRAPH_MODE)
     rng = np.random.default_rng(seed)
     layer = DecodeLayer(seed)
+    prefill = PrefillLayer(layer)
     block_table = rng.permutation(NUM_BLOCKS).reshape(BATCH, BLOCKS_PER_SEQ).astype(np.int32)
-    seq_lens = np.array([5, 40, 1, 17], np.int64)       # tokens already in the cache (left as zeros: a prompt)
+    seq_lens = np.array([5, 40, 1, 17], np.int64)        # prompt lengths: a ragged batch
     lib = loader.library()
     if verbose:
-        print(f"ms_attention demo: decode loop, Graph mode, paged KV cache ({NUM_BLOCKS} blocks x {BLOCK_SIZE}),"
-              f" B={BATCH}, N={NUM_HEADS}, kvN={KV_HEADS}, D={HEAD_DIM}")
-        print(f"kernel: {lib.variant + ' build ' + lib.path if lib else 'none (the call below will raise)'}")
+        print(f"ms_attention demo: prefill + decode, Graph mode, paged KV cache ({NUM_BLOCKS} blocks x "
+              f"{BLOCK_SIZE}), B={BATCH}, N={NUM_HEADS}, kvN={KV_HEADS}, D={HEAD_DIM}")
+        print(f"kernel: {lib.variant + ' build ' + lib.path if lib else 'none (the calls below will raise)'}")
+
+    # prefill: every prompt packed into one TND batch
+    batch_of_token = np.repeat(np.arange(BATCH), seq_lens)
+    positions = np.concatenate([np.arange(n) for n in seq_lens])
+    cu_seq_lens = np.cumsum(seq_lens)
+    x = rng.standard_normal((int(cu_seq_lens[-1]), HIDDEN)).astype(np.float32)
+    start = time.perf_counter()
+    out, q = prefill(Tensor(x), Tensor(_slots(block_table, batch_of_token, positions)), Tensor(block_table),
+                     Tensor(cu_seq_lens), Tensor(seq_lens))
+    out_np = out.asnumpy()
+    prefill_ms = (time.perf_counter() - start) * 1e3
+    expected, _ = prefill_reference(q.asnumpy().astype(np.float32), layer.key_cache.asnumpy().astype(np.float32),
+                                    layer.value_cache.asnumpy().astype(np.float32), actual_seq_lengths=cu_seq_lens,
+                                    actual_seq_lengths_kv=seq_lens, block_table=block_table, num_heads=NUM_HEADS,
+                                    scale=layer.scale, input_layout="TND", num_key_value_heads=KV_HEADS,
+                                    sparse_mode=3, block_size=BLOCK_SIZE)
+    prefill_err, prefill_ok = _close(out_np, expected)
+    if verbose:
+        print(f"prefill: {int(cu_seq_lens[-1])} prompt tokens, seq_lens {seq_lens.tolist()}, "
+              f"{prefill_ms:.1f} ms (with graph compile); vs numpy reference: max abs error {prefill_err:.2e} -> "
+              f"{'OK' if prefill_ok else 'MISMATCH'}")
+
     latencies = []
     for step in range(steps):
-        positions = seq_lens.copy()                       # the new token's position in each sequence
-        block = block_table[np.arange(BATCH), positions // BLOCK_SIZE]
-        slots = np.stack([block, positions % BLOCK_SIZE], axis=1).astype(np.int32)
+        slots = _slots(block_table, np.arange(BATCH), seq_lens)   # the new token goes at position seq_len
         seq_lens = seq_lens + 1
         x = rng.standard_normal((BATCH, HIDDEN)).astype(np.float32)
         start = time.perf_counter()
@@ -78,11 +137,10 @@ def run(steps=48, seed=0, verbose=True):
                          layer.value_cache.asnumpy().astype(np.float32), actual_seq_lengths=seq_lens,
                          block_table=block_table, num_heads=NUM_HEADS, input_layout="BSH",
                          scale_value=layer.scale, num_key_value_heads=KV_HEADS, block_size=BLOCK_SIZE)
-    err = np.abs(out_np.astype(np.float64) - expected)
-    ok = bool(np.all(err <= 2.5e-5 + 0.005 * np.abs(expected)) and not np.isnan(out_np).any())
+    err, ok = _close(out_np, expected)
     steady = latencies[1:] or latencies
     if verbose:
         print(f"first step (graph compile) {latencies[0] * 1e3:.1f} ms; steady state median "
               f"{np.median(steady) * 1e3:.3f} ms/step over {len(steady)} steps")
-        print(f"last step vs numpy reference: max abs error {err.max():.2e} -> {'OK' if ok else 'MISMATCH'}")
-    return ok
+        print(f"last step vs numpy reference: max abs error {err:.2e} -> {'OK' if ok else 'MISMATCH'}")
+    return ok and prefill_ok
