@@ -344,6 +344,10 @@ V2_VALID = [
                                   dequant_scale_value=t((B, SKV), "float32", 1),
                                   key_quant_mode=1, value_quant_mode=1, actual_seq_lengths_kv=lengths([32, 7]))),
     ("quant_out", v2_base(quant_scale_out=t((N * D,), "float32", 1), quant_offset_out=t((N * D,), "float32"))),
+    ("tnd_paged_rope", v2_base(query=t((16, N, D)), key=t((4, BLOCK, KVN * D)), value=t((4, BLOCK, KVN * D)),
+                               query_rope=t((16, N, 16)), key_rope=t((4, BLOCK, KVN * 16)), input_layout="TND",
+                               block_table=Tensor(np.array([[0, 1], [2, 3]], np.int32)), block_size=BLOCK,
+                               actual_seq_lengths=lengths([10, 16]), actual_seq_lengths_kv=lengths([40, 20]))),
     ("num_key_value_heads_zero", v2_base(num_key_value_heads=0, key=t((B, SKV, N * D)), value=t((B, SKV, N * D)))),
 ]
 
