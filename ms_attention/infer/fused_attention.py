@@ -229,10 +229,9 @@ class _Call:
         if (kp is None) != (vp is None):
             raise chk.runtime_error("the 'key_shared_prefix' and 'value_shared_prefix' must both be given or both "
                                     "be None.")
-        for c in ("kv_padding_size",):
-            if self.get(c) is not None:
-                raise chk.runtime_error(f"the shared prefix ('key_shared_prefix') is not supported with '{c}' "
-                                        f"(KV left padding).")
+        if self.get("kv_padding_size") is not None:
+            raise chk.runtime_error("the shared prefix ('key_shared_prefix') is not supported with "
+                                    "'kv_padding_size' (KV left padding).")
         if self.tnd:
             raise chk.runtime_error("the shared prefix ('key_shared_prefix') is not supported with input_layout "
                                     "TND.")
