@@ -169,7 +169,7 @@ void ReadKvAntiquant(const Arg &scale, const Arg &offset, Problem *p) {
 // The output has the query's shape and layout; the query dtype, or int8 with quant_scale2.
 void ReadOutput(const Arg &out, const Arg &query, const Arg &scale2, const Arg &offset2, Problem *p) {
   if (scale2.present()) {
-    p->post_quant = ReadPostQuant(kPrim, scale2, offset2, p->N, p->D);
+    p->post_quant = ReadPostQuant(kPrim, "quant_scale2", "quant_offset2", scale2, offset2, p->N, p->D, false);
     if (p->kv.paged && scale2.numel() != 1) {
       Fail(kPrim, "per-channel post quantization ('quant_scale2' with N*D elements) is not supported with page "
            "attention.");

@@ -22,7 +22,7 @@ inline void StoreOutputRow(const Problem &p, int64_t b, int64_t h, int64_t i, co
     int8_t *dst = static_cast<int8_t *>(p.out) + base;
     for (int64_t d = 0; d < D; ++d) {
       const int64_t c = pq.per_channel ? h * D + d : 0;
-      dst[d] = computed ? SaturateToInt8(o[d] * pq.scale[c] + (pq.offset ? pq.offset[c] : 0.f)) : 0;
+      dst[d] = computed ? SaturateToInt8(o[d] * pq.scale[c] + (pq.offset.empty() ? 0.f : pq.offset[c])) : 0;
     }
   } else if (p.out_dtype == abi::kFloat16) {
     uint16_t *dst = static_cast<uint16_t *>(p.out) + base;

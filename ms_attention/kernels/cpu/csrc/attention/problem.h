@@ -125,10 +125,9 @@ struct FullQuant {
 
 // int8 output: y = sat_int8(round_half_even(o * scale + offset)); per channel c = h * D + d, or one value.
 struct PostQuant {
-  const float *scale = nullptr, *offset = nullptr;  // offset may be null (0)
-  int64_t numel = 0;                                // values of scale (and offset): N * D, or 1
+  std::vector<float> scale, offset;  // N * D values, or 1; offset empty: 0
   bool per_channel = false;
-  bool enabled() const { return scale != nullptr; }
+  bool enabled() const { return !scale.empty(); }
 };
 
 struct Problem {

@@ -298,25 +298,33 @@ inline Antiquant ReadAntiquant(const char *prim, const Arg &scale, const Arg &of
   return aq;
 }
 
-// quant_scale2 / quant_offset2 of an int8 output: float32, one value or one per channel (N * D).
-inline PostQuant ReadPostQuant(const char *prim, const Arg &scale, const Arg &offset, int64_t N, int64_t D) {
+// The scale / offset of an int8 output (quant_scale2 / quant_offset2): float32 (or bfloat16 when allowed), one
+// value or one per channel (N * D).
+inline PostQuant ReadPostQuant(const char *prim, const char *scale_name, const char *offset_name, const Arg &scale,
+                               const Arg &offset, int64_t N, int64_t D, bool allow_bf16) {
   const int64_t n = scale.numel();
-  CheckDType(prim, "quant_scale2", scale, {abi::kFloat32});
+  auto check_dtype = [&](const char *name, const Arg &a) {
+    if (allow_bf16) {
+      CheckDType(prim, name, a, {abi::kFloat32, abi::kBfloat16});
+    } else {
+      CheckDType(prim, name, a, {abi::kFloat32});
+    }
+  };
+  check_dtype(scale_name, scale);
   if (n != 1 && n != N * D) {
-    Fail(prim, "the 'quant_scale2' must hold 1 or N * D = %lld values, but got shape %s.", (long long)(N * D),
+    Fail(prim, "the '%s' must hold 1 or N * D = %lld values, but got shape %s.", scale_name, (long long)(N * D),
          scale.ShapeString().c_str());
   }
   PostQuant pq;
-  pq.scale = static_cast<const float *>(scale.data);
-  pq.numel = n;
   pq.per_channel = n != 1;
+  for (int64_t i = 0; i < n; ++i) pq.scale.push_back(ReadFloat(scale, i));
   if (offset.present()) {
-    CheckDType(prim, "quant_offset2", offset, {abi::kFloat32});
+    check_dtype(offset_name, offset);
     if (offset.numel() != n) {
-      Fail(prim, "the 'quant_offset2' must have as many values as 'quant_scale2' (%lld), but got shape %s.",
+      Fail(prim, "the '%s' must have as many values as '%s' (%lld), but got shape %s.", offset_name, scale_name,
            (long long)n, offset.ShapeString().c_str());
     }
-    pq.offset = static_cast<const float *>(offset.data);
+    for (int64_t i = 0; i < n; ++i) pq.offset.push_back(ReadFloat(offset, i));
   }
   return pq;
 }
@@ -451,8 +459,9 @@ inline void CheckProblem(const char *prim, const Problem &p) {
   }
   if (p.kv.paged) CheckBlockTable(prim, "block_table", pg, kv_end);
   const PostQuant &pq = p.post_quant;
-  if (pq.enabled() && pq.numel != (pq.per_channel ? p.N * p.D : 1)) {
-    Fail(prim, "internal error: the post-quantization holds %lld values.", (long long)pq.numel);
+  const size_t pq_values = pq.per_channel ? static_cast<size_t>(p.N * p.D) : 1;
+  if (pq.enabled() && (pq.scale.size() != pq_values || (!pq.offset.empty() && pq.offset.size() != pq_values))) {
+    Fail(prim, "internal error: the post-quantization holds %zu values.", pq.scale.size());
   }
 }
 
