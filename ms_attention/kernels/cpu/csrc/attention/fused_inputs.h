@@ -39,6 +39,7 @@ struct FusedNames {
   const char *value_scale = "value_antiquant_scale", *value_offset = "value_antiquant_offset";
   const char *key_mode = "key_antiquant_mode", *value_mode = "value_antiquant_mode";
   const char *num_heads = "num_heads";
+  const char *seq_q = "actual_seq_lengths", *seq_kv = "actual_seq_lengths_kv";
 };
 
 struct FusedArgs {
@@ -278,22 +279,23 @@ inline void ReadKeyValue(Context &c, Problem *p) {
 // actual_seq_lengths / actual_seq_lengths_kv, left padding, the shared prefix.
 inline void ReadWindows(Context &c, Problem *p) {
   const FusedArgs &a = c.a;
+  const FusedNames &nm = a.names;
   KvCache &kv = p->kv;
   if (c.tnd) {
-    if (!a.seq_q.present()) Fail(c.prim, "the 'actual_seq_lengths' is required in layout TND.");
-    ReadCumulative(c, "actual_seq_lengths", a.seq_q, p->Sq, &p->q_start, &p->q_len);
+    if (!a.seq_q.present()) Fail(c.prim, "the '%s' is required in layout TND.", nm.seq_q);
+    ReadCumulative(c, nm.seq_q, a.seq_q, p->Sq, &p->q_start, &p->q_len);
     p->B = static_cast<int64_t>(p->q_len.size());
-    if (!a.seq_kv.present()) Fail(c.prim, "the 'actual_seq_lengths_kv' is required in layout TND.");
+    if (!a.seq_kv.present()) Fail(c.prim, "the '%s' is required in layout TND.", nm.seq_kv);
     if (kv.paged) {
       ReadBlockTable(c.prim, "block_table", a.block_table, p->B, &kv.pages);
       kv.stored_len = kv.pages.max_blocks * a.block_size;
-      p->kv_len = ReadSeqLengths(c.prim, "actual_seq_lengths_kv", a.seq_kv, p->B, kv.stored_len);
+      p->kv_len = ReadSeqLengths(c.prim, nm.seq_kv, a.seq_kv, p->B, kv.stored_len);
       p->kv_start.assign(p->B, 0);
     } else {
-      ReadCumulative(c, "actual_seq_lengths_kv", a.seq_kv, c.T_kv, &p->kv_start, &p->kv_len);
+      ReadCumulative(c, nm.seq_kv, a.seq_kv, c.T_kv, &p->kv_start, &p->kv_len);
       if (static_cast<int64_t>(p->kv_len.size()) != p->B) {
-        Fail(c.prim, "the 'actual_seq_lengths_kv' must hold B = %lld values (as 'actual_seq_lengths') in layout "
-             "TND, but got %zu.", (long long)p->B, p->kv_len.size());
+        Fail(c.prim, "the '%s' must hold B = %lld values (as '%s') in layout TND, but got %zu.", nm.seq_kv,
+             (long long)p->B, nm.seq_q, p->kv_len.size());
       }
     }
     if (a.q_pad.present() || a.kv_pad.present()) {
@@ -302,14 +304,14 @@ inline void ReadWindows(Context &c, Problem *p) {
   } else {
     if (kv.paged) kv.stored_len = kv.pages.max_blocks * a.block_size;
     p->q_start.assign(p->B, 0);
-    p->q_len = a.seq_q.present() ? ReadSeqLengths(c.prim, "actual_seq_lengths", a.seq_q, p->B, p->Sq)
+    p->q_len = a.seq_q.present() ? ReadSeqLengths(c.prim, nm.seq_q, a.seq_q, p->B, p->Sq)
                                  : std::vector<int64_t>(p->B, p->Sq);
     if (c.decode) p->q_len.assign(p->B, 1);  // the decode branch always computes its one position
     p->kv_start.assign(p->B, 0);
     if (a.seq_kv.present()) {
-      p->kv_len = ReadSeqLengths(c.prim, "actual_seq_lengths_kv", a.seq_kv, p->B, kv.stored_len);
+      p->kv_len = ReadSeqLengths(c.prim, nm.seq_kv, a.seq_kv, p->B, kv.stored_len);
     } else if (kv.paged) {
-      Fail(c.prim, "the 'actual_seq_lengths_kv' is required with page attention ('block_table' given).");
+      Fail(c.prim, "the '%s' is required with page attention ('block_table' given).", nm.seq_kv);
     } else {
       p->kv_len.assign(p->B, kv.stored_len);
     }
