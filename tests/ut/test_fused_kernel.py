@@ -67,13 +67,26 @@ def test_pse_shift_larger_than_stored(mode, batch):
     case.check(mode)
 
 
-@pytest.mark.parametrize("sparse_mode", [0, 3])
-def test_tnd(mode, sparse_mode):
+@pytest.mark.parametrize("op,sparse_mode", [("fia", 0), ("fia", 3), ("pfa", 2)])
+def test_tnd(mode, op, sparse_mode):
     q_lens, kv_lens = [17, 0, 40, 5], [17, 9, 64, 0]
-    case = FusedCase("fia", n=4, kvn=2, layout="TND", q_lens=q_lens, kv_lens=kv_lens, seed=6)
-    case.attrs.update(sparse_mode=sparse_mode, softmax_lse_flag=True)
-    if sparse_mode == 3:
-        case.add("atten_mask", np.triu(np.ones((2048, 2048)), 1), "bool")
+    case = FusedCase(op, n=4, kvn=2, layout="TND", q_lens=q_lens, kv_lens=kv_lens, seed=6)
+    case.attrs.update(sparse_mode=sparse_mode)
+    if op == "fia":
+        case.attrs["softmax_lse_flag"] = True
+    if sparse_mode >= 2:
+        case.add(MASK[op], np.triu(np.ones((2048, 2048)), 1), "bool")
+    case.check(mode)
+
+
+def test_tnd_rope_and_sink(mode):
+    q_lens, kv_lens = [6, 11], [20, 11]
+    case = FusedCase("v2", n=4, kvn=2, layout="TND", q_lens=q_lens, kv_lens=kv_lens, seed=20)
+    case.add("query_rope", case.rng.standard_normal((17, 4, 8)), "float16")
+    case.add("key_rope", case.rng.standard_normal((31, 2, 8)), "float16")
+    case.add("learnable_sink", case.rng.standard_normal(4), "float32")
+    case.add("atten_mask", case.rng.random((11, 20)) < 0.3, "bool")
+    case.attrs.update(sparse_mode=0, pre_tokens=4, next_tokens=2, return_softmax_lse=True)
     case.check(mode)
 
 
@@ -160,6 +173,15 @@ def test_separate_antiquant(mode, key_mode, value_mode):
     case.check(mode)
 
 
+def test_per_token_antiquant_with_kv_left_padding(mode):
+    case = FusedCase("fia", layout="BSND", sq=12, skv=48, kv_dtype="int8", seed=21)
+    case.add("antiquant_scale", case.rng.uniform(0.005, 0.02, (2, 2, 48)), "float32")
+    case.add("antiquant_offset", case.rng.uniform(-3, 3, (2, 2, 48)), "float32")
+    case.add("kv_padding_size", np.array([5]), "int64")
+    case.attrs.update(antiquant_mode=1, actual_seq_lengths_kv=[30, 43], softmax_lse_flag=True)
+    case.check(mode)
+
+
 def test_paged_per_token_antiquant_decode(mode):
     case = FusedCase("fia", layout="BSH", sq=1, skv=64, kv_dtype="int8", seed=15)
     case.page(block_size=32)
@@ -233,10 +255,12 @@ class _Fia(nn.Cell):
                                                atten_mask=Tensor(np.triu(np.ones((2048, 2048), np.bool_), 1)))
 
 
-def test_dynamic_shapes_give_attribute_dependent_output_shapes():
+@pytest.mark.parametrize("rank_known", [True, False])
+def test_dynamic_shapes_give_attribute_dependent_output_shapes(rank_known):
     ms.set_context(mode=ms.GRAPH_MODE)
     net = _Fia()
-    net.set_inputs(*[Tensor(shape=[None, n, None, 32], dtype=ms.float16) for n in (4, 2, 2)])
+    net.set_inputs(*[Tensor(shape=[None, n, None, 32] if rank_known else None, dtype=ms.float16)
+                     for n in (4, 2, 2)])
     for b, s in ((2, 17), (1, 40)):
         case = FusedCase("fia", b=b, sq=s, skv=s, layout="BNSD_BSND", seed=s)
         out, lse = net(case.ms["query"], case.ms["key"], case.ms["value"])
