@@ -334,7 +334,11 @@ void Run(const Problem &p) {
   if (p.full_quant.enabled) splits = 1;
   const int64_t units = items * splits;
 
-  std::vector<float> part_m(units * rows), part_l(units * rows), part_acc(units * rows * lda);
+  // Without splits a unit finishes its own rows from per-thread buffers; with splits the partial results wait
+  // in part_* (split s of item i at unit i * splits + s) for the merge.
+  const bool direct = splits == 1;
+  const int64_t buffers = direct ? threads : units;
+  std::vector<float> part_m(buffers * rows), part_l(buffers * rows), part_acc(buffers * rows * lda);
   const int64_t scratch_floats = Scratch::Floats(rows, D, p.rope.Dr);
   std::vector<float> scratch(threads * scratch_floats);
   // (b, kh, rows) of an item, np <= 0 past the batch's window, and the keys its rows may see. The last query
@@ -348,42 +352,46 @@ void Run(const Problem &p) {
     if (u.np > 0) UnitKeyRange(p, u, p.prefix.len + p.kv_len[u.b], &u.t0, &u.t1);
     return u;
   };
+  // Merges the splits of a unit's rows (row r of split s at m[s * rows + r], acc[(s * rows + r) * lda]),
+  // finishes and stores them.
+  auto store_rows = [&](const Unit &u, const float *m, const float *l, const float *acc, float *o) {
+    for (int64_t r = 0; r < u.np * G; ++r) {
+      float m_row = kNegInf, l_row = 0.f, lse = INFINITY;
+      const int64_t h = u.kh * G + r % G;
+      bool computed = MergeSplits(m + r, l + r, rows, acc + r * lda, rows * lda, splits, lda, o, &m_row, &l_row);
+      computed = FinishRow(p, u, h, computed, m_row, l_row, o, &lse);
+      StoreOutputRow(p, u.b, h, p.q_start[u.b] + u.p0 + r / G, o, computed, lse);
+    }
+  };
 
   pool.ParallelFor(units, [&](int64_t w, int slot) {
     Unit u = item_of(w / splits);
-    const int64_t s = w % splits, len = u.t1 - u.t0;
-    float *m = part_m.data() + w * rows, *l = part_l.data() + w * rows, *acc = part_acc.data() + w * rows * lda;
-    if (u.np <= 0 || len <= 0) {
-      std::fill(m, m + rows, kNegInf);
-      return;
-    }
+    const int64_t s = w % splits, len = u.t1 - u.t0, at = direct ? slot : w;
+    if (u.np <= 0) return;
+    float *m = part_m.data() + at * rows, *l = part_l.data() + at * rows, *acc = part_acc.data() + at * rows * lda;
+    Scratch sc(scratch.data() + slot * scratch_floats, rows, D, p.rope.Dr);
     // split boundaries on tile multiples from t0, so only the last tile of a range is partial
-    const int64_t chunk = ((len + splits - 1) / splits + kKeyTile - 1) / kKeyTile * kKeyTile;
+    const int64_t chunk = len <= 0 ? 0 : ((len + splits - 1) / splits + kKeyTile - 1) / kKeyTile * kKeyTile;
     const int64_t t0 = u.t0;
     u.t0 = std::min(u.t1, t0 + s * chunk);
     u.t1 = std::min(u.t1, u.t0 + chunk);
     if (u.t0 >= u.t1) {
-      std::fill(m, m + rows, kNegInf);
-      return;
+      std::fill(m, m + rows, kNegInf);  // no visible key in this split
+    } else {
+      AttendUnit<E, R>(p, u, sc, m, l, acc, lda);
+      if (p.full_quant.enabled) QuantizedValues<E, R>(p, u, sc, m, l, acc, lda);
     }
-    Scratch sc(scratch.data() + slot * scratch_floats, rows, D, p.rope.Dr);
-    AttendUnit<E, R>(p, u, sc, m, l, acc, lda);
-    if (p.full_quant.enabled) QuantizedValues<E, R>(p, u, sc, m, l, acc, lda);
+    if (direct) store_rows(u, m, l, acc, sc.row);
   });
+  if (direct) return;
 
   // every split is done: merge them, finish and store each row
   pool.ParallelFor(items, [&](int64_t item, int slot) {
     const Unit u = item_of(item);
-    float *o = Scratch(scratch.data() + slot * scratch_floats, rows, D, p.rope.Dr).row;
-    const int64_t first = item * splits * rows;  // row r of split s: first + s * rows + r
-    for (int64_t r = 0; r < u.np * G; ++r) {
-      float m = kNegInf, l = 0.f, lse = INFINITY;
-      const int64_t h = u.kh * G + r % G;
-      bool computed = MergeSplits(part_m.data() + first + r, part_l.data() + first + r, rows,
-                                  part_acc.data() + (first + r) * lda, rows * lda, splits, lda, o, &m, &l);
-      computed = FinishRow(p, u, h, computed, m, l, o, &lse);
-      StoreOutputRow(p, u.b, h, p.q_start[u.b] + u.p0 + r / G, o, computed, lse);
-    }
+    if (u.np <= 0) return;
+    const int64_t first = item * splits * rows;
+    store_rows(u, part_m.data() + first, part_l.data() + first, part_acc.data() + first * lda,
+               Scratch(scratch.data() + slot * scratch_floats, rows, D, p.rope.Dr).row);
   });
 }
 
