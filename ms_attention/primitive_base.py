@@ -9,7 +9,8 @@
 - `KernelPrimitive` (one per operator, attribute tuple and set of present inputs; cached): the ops.Custom AOT
   op that runs the C++ kernel. Output shapes come from the kernel library's C++ `<Class>InferShape`, which
   MindSpore calls at compile time and again at run time with the real shapes (this is what makes dynamic shapes
-  work); output dtypes come from the op's `output_dtypes`. Several outputs, outputs updated in place
+  work); output dtypes come from the op's `output_dtypes`. InferShape reads the normalised attributes (output
+  shapes may depend on them) from the reg_info int vector `msa_int_attrs`. Several outputs, outputs updated in place
   (`side_effect_mem` label) and a bprop hook (`bprop` in the infer module) are declared here from the YAML.
 """
 import functools
@@ -23,7 +24,7 @@ from mindspore.ops.primitive import PrimitiveWithInfer
 
 from ms_attention import backends, opdef
 from ms_attention.infer import registry
-from ms_attention.infer.common import Checker, TensorMeta, dtype_name
+from ms_attention.infer.common import LAYOUT_ENUM, Checker, TensorMeta, dtype_name
 from ms_attention.kernels.cpu import loader
 
 
@@ -183,7 +184,23 @@ def _meta_of_abstract(op_name: str, name: str, item) -> Tuple[Optional[TensorMet
     return TensorMeta(shape, dtype_name(dtype)), None
 
 
-def _reg_info(op: opdef.OpDef):
+# The reg_info attribute through which a kernel's C++ InferShape reads the normalised attributes (infer_shape.h).
+INT_ATTRS = "msa_int_attrs"
+
+
+def int_attributes(op: opdef.OpDef, attrs: Dict[str, Any]) -> Tuple[int, ...]:
+    """The normalised attributes as integers in YAML order (kernel_abi.h attr:: indexes): layouts through their
+    enum, bools 0/1, ints as they are; floats, strings other than layouts, and None as 0."""
+    values = []
+    for arg in op.attributes:
+        value = attrs.get(arg.name)
+        if arg.arg_handler == "str_to_enum" and isinstance(value, str):
+            value = LAYOUT_ENUM[value.upper()]
+        values.append(int(value) if isinstance(value, (bool, int)) else 0)
+    return tuple(values)
+
+
+def _reg_info(op: opdef.OpDef, int_attrs: Tuple[int, ...]):
     info = CustomRegOp(op.class_name)
     for i, arg in enumerate(op.tensor_inputs):
         info = info.input(i, arg.name)
@@ -191,7 +208,10 @@ def _reg_info(op: opdef.OpDef):
     for i, name in enumerate(op.returns):
         info = info.output(i, name)
     count = len(op.tensor_inputs) + 1 + len(op.returns)
-    return info.dtype_format(*([DataType.None_None] * count)).target("CPU").get_op_info()
+    info = info.dtype_format(*([DataType.None_None] * count))
+    if int_attrs:
+        info = info.attr(INT_ATTRS, "required", "listInt", value=list(int_attrs))
+    return info.target("CPU").get_op_info()
 
 
 class KernelPrimitive(ops.Custom):
@@ -212,7 +232,8 @@ class KernelPrimitive(ops.Custom):
         library_path = library_path or loader.library().path
         bprop = self._module.bprop(self._attrs) if hasattr(self._module, "bprop") else None
         super().__init__(f"{library_path}:{op.class_name}", out_shape=None, out_dtype=self._out_dtype,
-                         func_type="aot", bprop=bprop, reg_info=_reg_info(op))
+                         func_type="aot", bprop=bprop,
+                         reg_info=_reg_info(op, int_attributes(op, self._attrs)))
         if op.label("side_effect_mem"):
             self.add_prim_attr("side_effect_mem", True)
 

@@ -144,7 +144,7 @@ void ReadMask(const Arg &m, Problem *p) {
     Fail(kPrim, "the 'attn_mask' must be (B, S), (B, 1, S) or (B, 1, 1, S) with B = %lld, but got %s.",
          (long long)p->B, m.ShapeString().c_str());
   }
-  p->mask.data = static_cast<const uint8_t *>(m.data);
+  p->mask.data = m.data;
   p->mask.numel = m.numel();
   p->mask.batch = m.dim(-1);
   p->mask.row = 0;
@@ -169,7 +169,7 @@ void ReadKvAntiquant(const Arg &scale, const Arg &offset, Problem *p) {
 // The output has the query's shape and layout; the query dtype, or int8 with quant_scale2.
 void ReadOutput(const Arg &out, const Arg &query, const Arg &scale2, const Arg &offset2, Problem *p) {
   if (scale2.present()) {
-    p->post_quant = ReadPostQuant(kPrim, scale2, offset2, p->N, p->D);
+    p->post_quant = ReadPostQuant(kPrim, "quant_scale2", "quant_offset2", scale2, offset2, p->N, p->D, false);
     if (p->kv.paged && scale2.numel() != 1) {
       Fail(kPrim, "per-channel post quantization ('quant_scale2' with N*D elements) is not supported with page "
            "attention.");
@@ -194,6 +194,8 @@ Problem Prepare(int nparam, void **params, int *ndims, int64_t **shapes, const c
   ReadQuery(args[in::kQuery], at, &p);
   ReadKeyValue(args[in::kKey], args[in::kValue], args[in::kBlockTable], at, &p);
   ReadKvWindows(args[in::kActualSeqLengths], args[in::kKvPaddingSize], &p);
+  p.frame.q.assign(p.B, 0);  // mask and pse_shift: one row, indexed by stored key position
+  p.frame.k = p.kv_start;
   if (args[in::kAttnMask].present()) ReadMask(args[in::kAttnMask], &p);
   if (args[in::kPseShift].present()) ReadPse(args[in::kPseShift], &p);
   ReadKvAntiquant(args[in::kAntiquantScale], args[in::kAntiquantOffset], &p);

@@ -8,10 +8,38 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
+#include "kernel_abi.h"
+
+// MindSpore's AotExtra (include/mindspore/ccsrc/utils/custom_aot_extra.h), declared here with the same
+// virtual functions in the same order, so its vtable matches and the reg_info attributes can be read; the
+// strings are the old libstdc++ ABI's, like MindSpore's (build.py). Only IntVec is used.
 namespace mindspore {
-class AotExtra;
+class AotKernelData {
+ public:
+  virtual ~AotKernelData() = default;
+};
+
+class AotExtra {
+ public:
+  virtual ~AotExtra() = default;
+  virtual bool HasAttr(std::string name) = 0;
+  std::vector<int64_t> IntVec(const std::string &name) { return GetAttrIntVec(name); }
+
+ private:
+  virtual bool GetAttrBool(std::string name) = 0;
+  virtual int64_t GetAttrInt(std::string name) = 0;
+  virtual float GetAttrFloat(std::string name) = 0;
+  virtual std::string GetAttrStr(std::string name) = 0;
+  virtual std::vector<int64_t> GetAttrIntVec(std::string name) = 0;
+  virtual std::vector<float> GetAttrFloatVec(std::string name) = 0;
+  virtual std::vector<std::vector<int64_t>> GetAttrInt2DVec(std::string name) = 0;
+  virtual std::vector<std::vector<float>> GetAttrFloat2DVec(std::string name) = 0;
+  std::vector<size_t> workspace_;
+  AotKernelData *kernel_data_{nullptr};
+};
 }  // namespace mindspore
 
 namespace msa {
@@ -25,6 +53,47 @@ inline std::vector<int64_t> InputShape(const int *ndims, int64_t *const *shapes,
   const int n = ndims[i];
   if (n < 0 || (n > 0 && shapes[i] == nullptr)) return {kUnknownRank};
   return std::vector<int64_t>(shapes[i], shapes[i] + n);
+}
+
+// The normalised integer attributes the KernelPrimitive puts in the reg_info (primitive_base.INT_ATTRS), in
+// kernel_abi.h attr:: order; false when they are missing or fewer than `count` (the caller then answers
+// unknown-rank shapes).
+inline bool IntAttributes(mindspore::AotExtra *extra, size_t count, std::vector<int64_t> *attrs) {
+  if (extra == nullptr || !extra->HasAttr("msa_int_attrs")) return false;
+  *attrs = extra->IntVec("msa_int_attrs");
+  return attrs->size() >= count;
+}
+
+// True when the shape has a known rank (it may still hold -1 dims).
+inline bool RankKnown(const std::vector<int64_t> &shape) {
+  return !(shape.size() == 1 && shape[0] == kUnknownRank);
+}
+
+}  // namespace msa
+
+namespace msa {
+
+// attention_out of the attention family: the query's shape, except BNSD_BSND, whose (B, N, S, D) query gives a
+// (B, S, N, D) output.
+inline std::vector<int64_t> AttentionOutShape(const std::vector<int64_t> &query, int layout) {
+  if (layout == abi::kBnsdBsnd && RankKnown(query) && query.size() == 4) {
+    return {query[0], query[2], query[1], query[3]};
+  }
+  return query;
+}
+
+// softmax_lse: float32 (B, N, Sq, 1), (T, N, 1) in TND, or (1,) when the op does not return it.
+inline std::vector<int64_t> SoftmaxLseShape(const std::vector<int64_t> &query, int layout, int64_t num_heads,
+                                            bool returned) {
+  if (!returned) return {1};
+  const bool known = RankKnown(query);
+  if (layout == abi::kTnd) return {known && query.size() == 3 ? query[0] : -1, num_heads, 1};
+  int64_t batch = -1, seq = -1;
+  if (known && (query.size() == 3 || query.size() == 4)) {
+    batch = query[0];
+    seq = layout == abi::kBnsd || layout == abi::kBnsdBsnd ? (query.size() == 4 ? query[2] : -1) : query[1];
+  }
+  return {batch, num_heads, seq, 1};
 }
 
 }  // namespace msa

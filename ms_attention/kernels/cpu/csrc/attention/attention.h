@@ -2,7 +2,9 @@
 //
 // A unit of work is (batch, KV head, block of query positions, split of the key range). It streams its keys
 // and values once, in tiles of kKeyTile, for all its query rows together (the G heads of the GQA group times
-// the positions of the block): score tile, bias and mask, online softmax, value tile. Splits of the key
+// the positions of the block): score tile, bias and mask, online softmax, value tile. Under a band (causal
+// and sliding-window sparse modes) a unit visits only the key tiles some of its rows can see; tiles inside
+// every row's band need no band test, the others get the computed mask. Splits of the key
 // range (split-K, flash-decoding) keep every thread busy when batch x heads alone cannot; their partial
 // results are merged afterwards. Scratch is allocated once per call, before the parallel work, and
 // nothing in it can fail: every index was checked by CheckProblem (validate.h).
@@ -29,20 +31,28 @@ constexpr int64_t kMinSplitKeys = 256;  // a key split shorter than this is not 
 
 namespace detail {
 
+constexpr int64_t kUnbounded = int64_t(1) << 40;  // a band edge that never limits (|j - i| is far smaller)
+
 struct Unit {
-  int64_t b, kh, p0, np, t0, t1;  // query positions [p0, p0 + np) of the window, keys [t0, t1) of the window
+  int64_t b, kh, p0, np, t0, t1;  // query rows [p0, p0 + np) of the window, keys [t0, t1) of the key sequence
 };
 
 // One thread's working memory, carved from a buffer sized by Floats().
 struct Scratch {
-  float *q;       // rows x D: query rows, scaled (and folded with the key antiquant scale)
-  float *bias;    // rows: score bias per row (the folded key antiquant offset)
-  float *scores;  // rows x kKeyTile
-  float *corr;    // rows: online softmax corrections of the current tile
-  float *row;     // D: a widened key/value row (scalar path), the merged output row
-  static int64_t Floats(int64_t rows, int64_t D) { return rows * D + rows + rows * kKeyTile + rows + D; }
-  Scratch(float *base, int64_t rows, int64_t D)
-      : q(base), bias(q + rows * D), scores(bias + rows), corr(scores + rows * kKeyTile), row(corr + rows) {}
+  float *q;        // rows x D: query rows, scaled (and folded with the key antiquant scale)
+  float *qr;       // rows x Dr: rope query rows, scaled
+  float *bias;     // rows: score bias per row (the folded key antiquant offset)
+  float *qsum;     // rows: sum of the scaled query row (per-token key offsets)
+  float *scores;   // rows x kKeyTile
+  float *rscores;  // rows x kKeyTile: the rope part of the scores
+  float *corr;     // rows: online softmax corrections of the current tile
+  float *row;      // max(D, Dr) + 1: a widened key/value row (scalar path), the merged output row
+  static int64_t Floats(int64_t rows, int64_t D, int64_t Dr) {
+    return rows * D + rows * Dr + 2 * rows + 2 * rows * kKeyTile + rows + std::max(D, Dr) + 1;
+  }
+  Scratch(float *base, int64_t rows, int64_t D, int64_t Dr)
+      : q(base), qr(q + rows * D), bias(qr + rows * Dr), qsum(bias + rows), scores(qsum + rows),
+        rscores(scores + rows * kKeyTile), corr(rscores + rows * kKeyTile), row(corr + rows) {}
 };
 
 template <class T>
@@ -50,12 +60,13 @@ inline void AddRow(const T *src, int64_t n, float *dst) {
   for (int64_t j = 0; j < n; ++j) dst[j] += ToFloat(src[j]);
 }
 
-// One query row, widened to float32.
-inline void LoadQueryRow(const Problem &p, int64_t offset, float *dst) {
-  switch (p.q_dtype) {
-    case abi::kFloat16: simd::LoadRow(static_cast<const Half *>(p.query) + offset, p.D, dst); break;
-    case abi::kBfloat16: simd::LoadRow(static_cast<const BFloat16 *>(p.query) + offset, p.D, dst); break;
-    default: simd::LoadRow(static_cast<const float *>(p.query) + offset, p.D, dst); break;
+// One row of n values, widened to float32.
+inline void LoadRowAs(DType dtype, const void *data, int64_t offset, int64_t n, float *dst) {
+  switch (dtype) {
+    case abi::kFloat16: simd::LoadRow(static_cast<const Half *>(data) + offset, n, dst); break;
+    case abi::kBfloat16: simd::LoadRow(static_cast<const BFloat16 *>(data) + offset, n, dst); break;
+    case abi::kInt8: simd::LoadRow(static_cast<const int8_t *>(data) + offset, n, dst); break;
+    default: simd::LoadRow(static_cast<const float *>(data) + offset, n, dst); break;
   }
 }
 
@@ -68,44 +79,98 @@ inline void AddBiasRow(const ScoreBias &bias, int64_t offset, int64_t n, float *
   }
 }
 
-// Row r of a unit is query position p0 + r / G of its window, head kh * G + r % G.
+// The factor applied to Q.K^T before the bias: the softmax scale, times deq_scale1 with an int8 query.
+inline float ScoreScale(const Problem &p) { return p.full_quant.enabled ? p.scale * p.full_quant.deq1 : p.scale; }
+
+// Row r of a unit is query row p0 + r / G of its window, head kh * G + r % G.
 inline void LoadQueryRows(const Problem &p, const Unit &u, Scratch &sc) {
-  const int64_t G = p.G, D = p.D;
+  const int64_t G = p.G, D = p.D, Dr = p.rope.Dr;
+  const float scale = ScoreScale(p);
   for (int64_t r = 0; r < u.np * G; ++r) {
     const int64_t h = u.kh * G + r % G, pos = p.q_start[u.b] + u.p0 + r / G;
     float *q = sc.q + r * D;
-    LoadQueryRow(p, p.q_rows.At(u.b, h, pos), q);
-    for (int64_t d = 0; d < D; ++d) q[d] *= p.scale;
+    LoadRowAs(p.q_dtype, p.query, p.q_rows.At(u.b, h, pos), D, q);
+    for (int64_t d = 0; d < D; ++d) q[d] *= scale;
     sc.bias[r] = p.kv.antiquant.enabled() ? FoldKeyAntiquant(p.kv.antiquant, u.kh, D, q) : 0.f;
+    if (p.kv.key_tokens.enabled()) {
+      float sum = 0.f;
+      for (int64_t d = 0; d < D; ++d) sum += q[d];
+      sc.qsum[r] = sum;
+    }
+    if (p.rope.enabled()) {
+      float *qr = sc.qr + r * Dr;
+      LoadRowAs(p.q_dtype, p.rope.query, p.rope.q_rows.At(u.b, h, pos), Dr, qr);
+      for (int64_t d = 0; d < Dr; ++d) qr[d] *= scale;
+    }
   }
 }
 
-// True when the mask discards all n keys from stored position kv0 for every query position of the unit.
-inline bool TileMasked(const Problem &p, const Unit &u, int64_t kv0, int64_t n) {
-  for (int64_t i = 0; i < u.np; ++i) {
-    const uint8_t *m = p.mask.data + u.b * p.mask.batch + (p.q_start[u.b] + u.p0 + i) * p.mask.row + kv0;
-    for (int64_t j = 0; j < n; ++j) {
-      if (m[j] == 0) return false;
+// Where the mask / bias element of (query row i, key j) of batch b sits, for the head-independent part.
+inline int64_t FrameOffset(const Problem &p, int64_t b, int64_t i, int64_t row_stride, int64_t j) {
+  return (i + p.frame.q[b]) * row_stride + j + p.frame.k[b];
+}
+
+// True when a discard mask hides all n keys from key j for every query row of the unit.
+inline bool TileMasked(const Problem &p, const Unit &u, int64_t j, int64_t n) {
+  const uint8_t *mask = static_cast<const uint8_t *>(p.mask.data) + u.b * p.mask.batch;
+  for (int64_t i = u.p0; i < u.p0 + u.np; ++i) {
+    const uint8_t *m = mask + FrameOffset(p, u.b, i, p.mask.row, j);
+    for (int64_t t = 0; t < n; ++t) {
+      if (m[t] == 0) return false;
     }
   }
   return true;
 }
 
-// The per-row bias, the score bias (pse) and the mask, on the scores of keys [kv0, kv0 + n).
-inline void BiasAndMask(const Problem &p, const Unit &u, int64_t kv0, int64_t n, Scratch &sc) {
-  const int64_t G = p.G;
+// Keys [lo, hi) of the key sequence that some row of the unit may see: the band's union over its rows.
+inline void UnitKeyRange(const Problem &p, const Unit &u, int64_t keys, int64_t *lo, int64_t *hi) {
+  *lo = 0;
+  *hi = keys;
+  if (!p.band.enabled()) return;
+  *lo = std::max<int64_t>(0, u.p0 + p.band.lo[u.b]);
+  *hi = std::min<int64_t>(keys, u.p0 + u.np - 1 + p.band.hi[u.b] + 1);
+}
+
+// Per-token key dequantization of the q.k part of the scores: s = scale_t * (q.k + offset_t * sum(q)).
+inline void ApplyKeyTokens(const Problem &p, const Unit &u, int64_t j, int64_t n, Scratch &sc) {
+  const TokenScale &ts = p.kv.key_tokens;
+  const int64_t base = u.b * ts.batch + ts.origin[u.b] + j - p.prefix.len;
+  for (int64_t r = 0; r < u.np * p.G; ++r) {
+    float *s = sc.scores + r * kKeyTile;
+    for (int64_t t = 0; t < n; ++t) {
+      const float offset = ts.offset ? ts.offset[base + t] : 0.f;
+      s[t] = ts.scale[base + t] * (s[t] + offset * sc.qsum[r]);
+    }
+  }
+}
+
+// The per-row bias, the score bias (pse), the mask and the band, on the scores of keys [j, j + n).
+// in_band: every key of the tile lies inside every row's band (no per-element band test).
+inline void BiasAndMask(const Problem &p, const Unit &u, int64_t j, int64_t n, bool in_band, Scratch &sc) {
+  const int64_t G = p.G, b = u.b;
   for (int64_t r = 0; r < u.np * G; ++r) {
     float *s = sc.scores + r * kKeyTile;
-    const int64_t h = u.kh * G + r % G, pos = p.q_start[u.b] + u.p0 + r / G;
+    const int64_t h = u.kh * G + r % G, i = u.p0 + r / G;
     if (sc.bias[r] != 0.f) {
-      for (int64_t j = 0; j < n; ++j) s[j] += sc.bias[r];
+      for (int64_t t = 0; t < n; ++t) s[t] += sc.bias[r];
     }
     if (p.bias.data != nullptr) {
-      AddBiasRow(p.bias, u.b * p.bias.batch + h * p.bias.head + pos * p.bias.row + kv0, n, s);
+      AddBiasRow(p.bias, b * p.bias.batch + h * p.bias.head + FrameOffset(p, b, i, p.bias.row, j), n, s);
     }
     if (p.mask.data != nullptr) {
-      const uint8_t *m = p.mask.data + u.b * p.mask.batch + pos * p.mask.row + kv0;
-      for (int64_t j = 0; j < n; ++j) s[j] = m[j] ? kNegInf : s[j];
+      const int64_t at = b * p.mask.batch + FrameOffset(p, b, i, p.mask.row, j);
+      if (p.mask.additive) {
+        AddRow(static_cast<const Half *>(p.mask.data) + at, n, s);
+      } else {
+        const uint8_t *m = static_cast<const uint8_t *>(p.mask.data) + at;
+        for (int64_t t = 0; t < n; ++t) s[t] = m[t] ? kNegInf : s[t];
+      }
+    }
+    if (!in_band) {
+      const int64_t first = i + p.band.lo[b] - j, last = i + p.band.hi[b] - j;  // visible t in [first, last]
+      for (int64_t t = 0; t < n; ++t) {
+        if (t < first || t > last) s[t] = kNegInf;
+      }
     }
   }
 }
@@ -122,107 +187,226 @@ inline void PrefetchRows(const E *const *k, const E *const *v, int64_t n, int64_
   }
 }
 
-// Online softmax over keys [u.t0, u.t1) of the window: running max m, sum l and unnormalised acc per row.
-template <class E>
-void AttendUnit(const Problem &p, const Unit &u, Scratch &sc, float *m, float *l, float *acc) {
+// The scores of keys [j, j + n) for every row of the unit, biased and masked (-inf where not attended).
+template <class E, class R>
+inline void TileScores(const Problem &p, const Unit &u, int64_t j, int64_t n, const E *const *k, Scratch &sc) {
+  const int64_t rows = u.np * p.G, D = p.D;
+  ScoreTile(sc.q, D, rows, k, n, D, sc.scores, kKeyTile, sc.row);
+  if (p.kv.key_tokens.enabled()) ApplyKeyTokens(p, u, j, n, sc);
+  if (p.rope.enabled()) {
+    const int64_t Dr = p.rope.Dr;
+    const R *kr[kKeyTile], *unused[kKeyTile];
+    KvTileRows(p.rope.key, u.b, u.kh, p.kv_start[u.b] + j - p.prefix.len, n, kr, unused);
+    ScoreTile(sc.qr, Dr, rows, kr, n, Dr, sc.rscores, kKeyTile, sc.row);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t t = 0; t < n; ++t) sc.scores[r * kKeyTile + t] += sc.rscores[r * kKeyTile + t];
+    }
+  }
+  bool in_band = true;
+  if (p.band.enabled()) {
+    in_band = u.p0 + u.np - 1 + p.band.lo[u.b] <= j && j + n - 1 <= u.p0 + p.band.hi[u.b];
+  }
+  BiasAndMask(p, u, j, n, in_band, sc);
+}
+
+// Per-token value dequantization of a tile's probabilities: p_t *= scale_t, and the offsets' share
+// sum_t p_t * scale_t * offset_t goes to the accumulator's extra column D (rescaled like the others).
+inline void ApplyValueTokens(const Problem &p, const Unit &u, int64_t j, int64_t n, Scratch &sc, float *acc,
+                             int64_t lda) {
+  const TokenScale &ts = p.kv.value_tokens;
+  const int64_t base = u.b * ts.batch + ts.origin[u.b] + j - p.prefix.len;
+  for (int64_t r = 0; r < u.np * p.G; ++r) {
+    float *s = sc.scores + r * kKeyTile, extra = 0.f;
+    for (int64_t t = 0; t < n; ++t) {
+      s[t] *= ts.scale[base + t];
+      if (ts.offset) extra += s[t] * ts.offset[base + t];
+    }
+    float &column = acc[r * lda + p.D];
+    column = column * sc.corr[r] + extra;
+  }
+}
+
+// Online softmax over keys [u.t0, u.t1) of the key sequence: running max m, sum l and unnormalised acc per
+// row (lda floats: D, plus the per-token value offsets' column).
+template <class E, class R>
+void AttendUnit(const Problem &p, const Unit &u, Scratch &sc, float *m, float *l, float *acc, int64_t lda) {
   const int64_t rows = u.np * p.G, D = p.D;
   LoadQueryRows(p, u, sc);
   std::fill(m, m + rows, kNegInf);
   std::fill(l, l + rows, 0.f);
-  std::fill(acc, acc + rows * D, 0.f);
+  std::fill(acc, acc + rows * lda, 0.f);
   // Rows that do not follow each other in memory (token-major layouts, paged caches) defeat the hardware
   // prefetcher: ask for the next tile's rows while this one is computed.
   const bool prefetch = p.kv.paged || p.kv.rows.seq != D;
+  const bool discard_mask = p.mask.data != nullptr && !p.mask.additive;
   const E *k[kKeyTile], *v[kKeyTile], *next_k[kKeyTile], *next_v[kKeyTile];
-  for (int64_t t = u.t0; t < u.t1; t += kKeyTile) {
-    const int64_t n = std::min(kKeyTile, u.t1 - t), kv0 = p.kv_start[u.b] + t;
-    if (prefetch && t + kKeyTile < u.t1) {
-      const int64_t next_n = std::min(kKeyTile, u.t1 - t - kKeyTile);
-      KvTileRows(p.kv, u.b, u.kh, kv0 + kKeyTile, next_n, next_k, next_v);
+  for (int64_t j = u.t0; j < u.t1; j += kKeyTile) {
+    const int64_t n = std::min(kKeyTile, u.t1 - j);
+    if (prefetch && j + kKeyTile < u.t1) {
+      const int64_t next_n = std::min(kKeyTile, u.t1 - j - kKeyTile);
+      KeyTileRows(p, u.b, u.kh, j + kKeyTile, next_n, next_k, next_v);
       PrefetchRows(next_k, next_v, next_n, D);
     }
-    if (p.mask.data != nullptr && TileMasked(p, u, kv0, n)) continue;
-    KvTileRows(p.kv, u.b, u.kh, kv0, n, k, v);
-    ScoreTile(sc.q, D, rows, k, n, D, sc.scores, kKeyTile, sc.row);
-    BiasAndMask(p, u, kv0, n, sc);
+    if (discard_mask && TileMasked(p, u, j, n)) continue;
+    KeyTileRows(p, u.b, u.kh, j, n, k, v);
+    TileScores<E, R>(p, u, j, n, k, sc);
     bool any = false;
     for (int64_t r = 0; r < rows; ++r) any |= SoftmaxTile(sc.scores + r * kKeyTile, n, m + r, l + r, sc.corr + r);
     if (!any) continue;  // every key of the tile is masked for every row: its values are never needed
-    AccumulateTile(acc, D, rows, sc.corr, sc.scores, kKeyTile, v, n, D, sc.row);
+    if (p.kv.value_tokens.enabled()) ApplyValueTokens(p, u, j, n, sc, acc, lda);
+    AccumulateTile(acc, lda, rows, sc.corr, sc.scores, kKeyTile, v, n, D, sc.row);
   }
 }
 
-template <class E>
+// Full quantization, second pass (after AttendUnit gave each row its final m and l): acc = P8 . V with
+// P8 = sat_int8(round(exp(s - m) / l * quant1)), the integers exact in float32.
+template <class E, class R>
+void QuantizedValues(const Problem &p, const Unit &u, Scratch &sc, const float *m, const float *l, float *acc,
+                     int64_t lda) {
+  const int64_t rows = u.np * p.G, D = p.D;
+  std::fill(acc, acc + rows * lda, 0.f);
+  for (int64_t r = 0; r < rows; ++r) sc.corr[r] = 1.f;
+  const E *k[kKeyTile], *v[kKeyTile];
+  for (int64_t j = u.t0; j < u.t1; j += kKeyTile) {
+    const int64_t n = std::min(kKeyTile, u.t1 - j);
+    KeyTileRows(p, u.b, u.kh, j, n, k, v);
+    TileScores<E, R>(p, u, j, n, k, sc);
+    for (int64_t r = 0; r < rows; ++r) {
+      float *s = sc.scores + r * kKeyTile;
+      for (int64_t t = 0; t < n; ++t) {
+        const float prob = m[r] == kNegInf ? 0.f : std::exp(s[t] - m[r]) / l[r];
+        s[t] = static_cast<float>(SaturateToInt8(prob * p.full_quant.quant1));
+      }
+    }
+    AccumulateTile(acc, lda, rows, sc.corr, sc.scores, kKeyTile, v, n, D, sc.row);
+  }
+}
+
+// The finished output row o (D values, plus the per-token value offsets' column) and its lse, from the merged
+// (m, l); returns whether the row has output (false: zero output).
+inline bool FinishRow(const Problem &p, const Unit &u, int64_t h, bool computed, float m, float l, float *o,
+                      float *lse) {
+  const int64_t D = p.D;
+  if (computed) {
+    if (p.kv.value_tokens.enabled()) {
+      for (int64_t d = 0; d < D; ++d) o[d] += o[D];
+    }
+    if (p.kv.antiquant.enabled()) ApplyValueAntiquant(p.kv.antiquant, u.kh, D, o);
+    if (p.full_quant.enabled) {  // o holds (P8 . V) / l
+      for (int64_t d = 0; d < D; ++d) o[d] *= l * p.full_quant.deq2;
+    }
+  }
+  if (!p.sink.empty()) {  // the sink joins the denominator: l' = l * e^(m - m') + e^(sink - m')
+    const float sink = p.sink[h], m_all = std::max(m, sink);
+    const float kept = computed ? l * std::exp(m - m_all) : 0.f, l_all = kept + std::exp(sink - m_all);
+    if (computed) {
+      const float f = kept / l_all;
+      for (int64_t d = 0; d < D; ++d) o[d] *= f;
+    }
+    *lse = m_all + std::log(l_all);
+    return computed;
+  }
+  *lse = computed ? m + std::log(l) : INFINITY;
+  return computed;
+}
+
+template <class E, class R>
 void Run(const Problem &p) {
   const int64_t G = p.G, D = p.D;
-  int64_t max_q = 0, max_kv = 0;
+  const int64_t lda = D + (p.kv.value_tokens.enabled() ? 1 : 0);  // accumulator row
+  int64_t max_q = 0, max_keys = 0;
   for (int64_t b = 0; b < p.B; ++b) {
     max_q = std::max(max_q, p.q_len[b]);
-    max_kv = std::max(max_kv, p.kv_len[b]);
+    max_keys = std::max(max_keys, p.prefix.len + p.kv_len[b]);
   }
-  const int64_t block = std::max<int64_t>(1, std::min(max_q, kMaxBlockRows / G));  // query positions per unit
+  const int64_t block = std::max<int64_t>(1, std::min(max_q, kMaxBlockRows / G));  // query rows per unit
   const int64_t rows = block * G;
   const int64_t blocks = (max_q + block - 1) / block;
   const int64_t items = p.B * p.kvN * blocks;
   if (items == 0) return;
   ThreadPool &pool = ThreadPool::Instance();
   const int threads = pool.threads();
-  // Split the keys only when the items alone cannot keep every thread busy.
+  // Split the keys only when the items alone cannot keep every thread busy; full quantization needs each
+  // row's final softmax before its second pass, so it never splits.
   int64_t splits = std::max<int64_t>(1, (4 * threads + items - 1) / items);
-  splits = std::min(splits, std::max<int64_t>(1, max_kv / kMinSplitKeys));
+  splits = std::min(splits, std::max<int64_t>(1, max_keys / kMinSplitKeys));
+  if (p.full_quant.enabled) splits = 1;
   const int64_t units = items * splits;
 
-  std::vector<float> part_m(units * rows), part_l(units * rows), part_acc(units * rows * D);
-  const int64_t scratch_floats = Scratch::Floats(rows, D);
+  std::vector<float> part_m(units * rows), part_l(units * rows), part_acc(units * rows * lda);
+  const int64_t scratch_floats = Scratch::Floats(rows, D, p.rope.Dr);
   std::vector<float> scratch(threads * scratch_floats);
-  auto item_of = [&](int64_t item) {  // (b, kh, positions) of an item; np <= 0 past the batch's window
+  // (b, kh, rows) of an item, np <= 0 past the batch's window, and the keys its rows may see. The last query
+  // blocks come first: under a causal band they have the most keys, and starting them early balances threads.
+  auto item_of = [&](int64_t item) {
     Unit u{};
     u.b = item / (p.kvN * blocks);
     u.kh = item / blocks % p.kvN;
-    u.p0 = item % blocks * block;
+    u.p0 = (blocks - 1 - item % blocks) * block;
     u.np = std::min(block, p.q_len[u.b] - u.p0);
+    if (u.np > 0) UnitKeyRange(p, u, p.prefix.len + p.kv_len[u.b], &u.t0, &u.t1);
     return u;
   };
 
   pool.ParallelFor(units, [&](int64_t w, int slot) {
     Unit u = item_of(w / splits);
-    const int64_t len = p.kv_len[u.b], s = w % splits;
-    // split boundaries on tile multiples, so only the last tile of a range is partial
-    const int64_t chunk = ((len + splits - 1) / splits + kKeyTile - 1) / kKeyTile * kKeyTile;
-    u.t0 = std::min(len, s * chunk);
-    u.t1 = std::min(len, u.t0 + chunk);
-    float *m = part_m.data() + w * rows, *l = part_l.data() + w * rows, *acc = part_acc.data() + w * rows * D;
-    if (u.np <= 0 || u.t0 >= u.t1) {
+    const int64_t s = w % splits, len = u.t1 - u.t0;
+    float *m = part_m.data() + w * rows, *l = part_l.data() + w * rows, *acc = part_acc.data() + w * rows * lda;
+    if (u.np <= 0 || len <= 0) {
       std::fill(m, m + rows, kNegInf);
       return;
     }
-    Scratch sc(scratch.data() + slot * scratch_floats, rows, D);
-    AttendUnit<E>(p, u, sc, m, l, acc);
+    // split boundaries on tile multiples from t0, so only the last tile of a range is partial
+    const int64_t chunk = ((len + splits - 1) / splits + kKeyTile - 1) / kKeyTile * kKeyTile;
+    const int64_t t0 = u.t0;
+    u.t0 = std::min(u.t1, t0 + s * chunk);
+    u.t1 = std::min(u.t1, u.t0 + chunk);
+    if (u.t0 >= u.t1) {
+      std::fill(m, m + rows, kNegInf);
+      return;
+    }
+    Scratch sc(scratch.data() + slot * scratch_floats, rows, D, p.rope.Dr);
+    AttendUnit<E, R>(p, u, sc, m, l, acc, lda);
+    if (p.full_quant.enabled) QuantizedValues<E, R>(p, u, sc, m, l, acc, lda);
   });
 
   // every split is done: merge them, finish and store each row
   pool.ParallelFor(items, [&](int64_t item, int slot) {
     const Unit u = item_of(item);
-    float *o = Scratch(scratch.data() + slot * scratch_floats, rows, D).row;
+    float *o = Scratch(scratch.data() + slot * scratch_floats, rows, D, p.rope.Dr).row;
     const int64_t first = item * splits * rows;  // row r of split s: first + s * rows + r
     for (int64_t r = 0; r < u.np * G; ++r) {
-      float m = kNegInf, l = 0.f;
-      const bool computed = MergeSplits(part_m.data() + first + r, part_l.data() + first + r, rows,
-                                        part_acc.data() + (first + r) * D, rows * D, splits, D, o, &m, &l);
-      if (computed && p.kv.antiquant.enabled()) ApplyValueAntiquant(p.kv.antiquant, u.kh, D, o);
-      StoreOutputRow(p, u.b, u.kh * G + r % G, p.q_start[u.b] + u.p0 + r / G, o, computed, m, l);
+      float m = kNegInf, l = 0.f, lse = INFINITY;
+      const int64_t h = u.kh * G + r % G;
+      bool computed = MergeSplits(part_m.data() + first + r, part_l.data() + first + r, rows,
+                                  part_acc.data() + (first + r) * lda, rows * lda, splits, lda, o, &m, &l);
+      computed = FinishRow(p, u, h, computed, m, l, o, &lse);
+      StoreOutputRow(p, u.b, h, p.q_start[u.b] + u.p0 + r / G, o, computed, lse);
     }
   });
 }
 
 }  // namespace detail
 
+namespace detail {
+template <class E>
+void RunWithKeys(const Problem &p) {
+  if (!p.rope.enabled()) {
+    Run<E, E>(p);  // no rope keys: R is never used
+  } else if (p.q_dtype == abi::kBfloat16) {
+    Run<E, BFloat16>(p);
+  } else {
+    Run<E, Half>(p);
+  }
+}
+}  // namespace detail
+
 // Runs a problem that CheckProblem accepted.
 inline void RunAttention(const Problem &p) {
   switch (p.kv.dtype) {
-    case abi::kFloat16: detail::Run<Half>(p); break;
-    case abi::kBfloat16: detail::Run<BFloat16>(p); break;
-    case abi::kInt8: detail::Run<int8_t>(p); break;
+    case abi::kFloat16: detail::RunWithKeys<Half>(p); break;
+    case abi::kBfloat16: detail::RunWithKeys<BFloat16>(p); break;
+    case abi::kInt8: detail::RunWithKeys<int8_t>(p); break;
     default: break;  // rejected by CheckProblem
   }
 }

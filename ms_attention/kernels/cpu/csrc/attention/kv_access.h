@@ -2,6 +2,7 @@
 // int8 cache's dequantization is folded into the query and the output instead of into every element.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #include "attention/problem.h"
@@ -35,6 +36,22 @@ inline void KvTileRows(const KvCache &kv, int64_t b, int64_t h, int64_t t, int64
       ++block;
     }
   }
+}
+
+// Row pointers of keys [j, j + n) of batch b's key sequence: the shared prefix's keys first, then the kv window.
+template <class T>
+inline void KeyTileRows(const Problem &p, int64_t b, int64_t h, int64_t j, int64_t n, const T **k, const T **v) {
+  const SharedPrefix &prefix = p.prefix;
+  int64_t i = 0;
+  if (j < prefix.len) {
+    const T *key = static_cast<const T *>(prefix.key), *value = static_cast<const T *>(prefix.value);
+    int64_t offset = prefix.rows.At(0, h, j);
+    for (; i < n && j + i < prefix.len; ++i, offset += prefix.rows.seq) {
+      k[i] = key + offset;
+      v[i] = value + offset;
+    }
+  }
+  if (i < n) KvTileRows(p.kv, b, h, p.kv_start[b] + j + i - prefix.len, n - i, k + i, v + i);
 }
 
 // Key dequantization folded into a float query row: q.((k + o) * s) = (q * s).k + (q * s).o, so the row is

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #include "attention/numeric.h"
 #include "attention/problem.h"
@@ -12,16 +13,16 @@
 namespace msa {
 
 // Row (b, h, i) of the output, i the stored query position; o holds D normalised values (unread when
-// !computed); m and l are the row's softmax max and sum (for lse).
-inline void StoreOutputRow(const Problem &p, int64_t b, int64_t h, int64_t i, const float *o, bool computed, float m,
-                           float l) {
+// !computed); lse is the row's log-sum-exp (+inf when not computed).
+inline void StoreOutputRow(const Problem &p, int64_t b, int64_t h, int64_t i, const float *o, bool computed,
+                           float lse) {
   const int64_t D = p.D, base = p.out_rows.At(b, h, i);
   if (p.post_quant.enabled()) {
     const PostQuant &pq = p.post_quant;
     int8_t *dst = static_cast<int8_t *>(p.out) + base;
     for (int64_t d = 0; d < D; ++d) {
       const int64_t c = pq.per_channel ? h * D + d : 0;
-      dst[d] = computed ? SaturateToInt8(o[d] * pq.scale[c] + (pq.offset ? pq.offset[c] : 0.f)) : 0;
+      dst[d] = computed ? SaturateToInt8(o[d] * pq.scale[c] + (pq.offset.empty() ? 0.f : pq.offset[c])) : 0;
     }
   } else if (p.out_dtype == abi::kFloat16) {
     uint16_t *dst = static_cast<uint16_t *>(p.out) + base;
@@ -33,7 +34,23 @@ inline void StoreOutputRow(const Problem &p, int64_t b, int64_t h, int64_t i, co
     float *dst = static_cast<float *>(p.out) + base;
     for (int64_t d = 0; d < D; ++d) dst[d] = computed ? o[d] : 0.f;
   }
-  if (p.lse != nullptr) p.lse[p.lse_rows.At(b, h, i)] = computed ? m + std::log(l) : INFINITY;
+  if (p.lse != nullptr) p.lse[p.lse_rows.At(b, h, i)] = lse;
+}
+
+// Zero output and +inf lse for the stored query positions outside every batch's window (rows past the actual
+// length, left padding). Only for dense layouts, where batch b owns positions [0, Sq) of its own rows.
+inline void ClearRowsOutsideWindows(const Problem &p) {
+  const int64_t D = p.D;
+  const size_t bytes = p.post_quant.enabled() ? 1 : p.out_dtype == abi::kFloat32 ? 4 : 2;
+  for (int64_t b = 0; b < p.B; ++b) {
+    for (int64_t i = 0; i < p.Sq; ++i) {
+      if (i >= p.q_start[b] && i < p.q_start[b] + p.q_len[b]) continue;
+      for (int64_t h = 0; h < p.N; ++h) {
+        std::memset(static_cast<char *>(p.out) + p.out_rows.At(b, h, i) * bytes, 0, D * bytes);
+        if (p.lse != nullptr) p.lse[p.lse_rows.At(b, h, i)] = INFINITY;
+      }
+    }
+  }
 }
 
 }  // namespace msa

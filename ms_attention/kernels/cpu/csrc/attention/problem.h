@@ -1,10 +1,13 @@
 // One description of an attention call, shared by every operator of the family.
 //
 // Rows are query rows: (batch b, query head h, position i). Decode (incre_flash_attention) has Sq = 1;
-// a prefill adapter sets Sq > 1, a mask row stride and the lse output. Every pointer, stride and window is
-// filled and checked by the adapter's validation (validate.h) before the core runs; the core then indexes
-// without further checks. Positions are counted in the *stored* frame of their tensor: a window
-// [start, start + len) per batch says which stored positions are valid (left padding, actual lengths).
+// a prefill sets Sq > 1, a band, a mask row stride and the lse output. Every pointer, stride and window is
+// filled and checked by the adapter's validation (validate.h, inputs.h) before the core runs; the core then
+// indexes without further checks. Query and key/value positions are counted in the *stored* frame of their
+// tensor: a window [start, start + len) per batch says which stored positions are valid (left padding, actual
+// lengths, the token range of a TND batch). The keys of batch b are, in order, the shared prefix (prefix.len
+// keys, the same for every batch) and then its kv window: key j of the batch (0 <= j < prefix.len + kv_len[b])
+// is what masks, biases and the band index.
 #pragma once
 
 #include <cstdint>
@@ -44,6 +47,16 @@ struct Antiquant {
   bool enabled() const { return !key_scale.empty(); }
 };
 
+// Per-token dequantization of an int8 key or value (antiquant mode 1): key t of the kv window of batch b
+// (t counted from the window start, 0 <= t < kv_len[b]) is (x + offset) * scale with scale at
+// data[b * batch + origin[b] + t]. origin: the window start where the tensor is in the stored frame.
+struct TokenScale {
+  const float *scale = nullptr, *offset = nullptr;  // offset may be null (0)
+  int64_t numel = 0, batch = 0;
+  std::vector<int64_t> origin;
+  bool enabled() const { return scale != nullptr; }
+};
+
 struct KvCache {
   const void *key = nullptr, *value = nullptr;  // same shape, same dtype
   DType dtype = kUnknownDType;                  // float16, bfloat16 or int8 (with antiquant)
@@ -53,30 +66,68 @@ struct KvCache {
   RowStrides rows;  // dense caches
   PagedKv pages;    // paged caches
   Antiquant antiquant;
+  TokenScale key_tokens, value_tokens;  // per-token antiquant (then the matching Antiquant channel is 1 / 0)
 };
 
-// Discard mask (bool / int8 / uint8; nonzero = the key is not attended): element (b, i, j) at
-// b * batch + i * row + j, with i the stored query position and j the stored key position. row = 0 when one
-// mask row serves every query position (decode).
+// Mask (bool / int8 / uint8 discard, nonzero = the key is not attended; or float16 added to the score):
+// the element for query row i and key j of batch b (both window-relative) is at
+// b * batch + (i + frame.q[b]) * row + (j + frame.k[b]). row = 0 when one mask row serves every query
+// position (decode).
+struct Frame {
+  std::vector<int64_t> q, k;  // per batch: where row 0 and key 0 of the window sit in the tensor
+};
 struct Mask {
-  const uint8_t *data = nullptr;
+  const void *data = nullptr;
+  bool additive = false;  // float16 values added to the score (PFA), else a uint8-sized discard flag
   int64_t numel = 0, batch = 0, row = 0;
 };
 
 // Additive score bias (pse_shift, added after the scale), of the query dtype: element (b, h, i, j) at
-// b * batch + h * head + i * row + j. batch = 0 broadcasts one bias over the batch.
+// b * batch + h * head + (i + frame.q[b]) * row + (j + frame.k[b]). batch = 0 broadcasts one bias over the
+// batch.
 struct ScoreBias {
   const void *data = nullptr;
   DType dtype = kUnknownDType;
   int64_t numel = 0, batch = 0, head = 0, row = 0;
 };
 
+// The band of keys a query row may see (sparse modes, pre/next tokens), computed, never stored: row i of batch
+// b sees keys j with lo[b] <= j - i <= hi[b] (both inclusive). Empty vectors: every key.
+struct Band {
+  std::vector<int64_t> lo, hi;
+  bool enabled() const { return !lo.empty(); }
+};
+
+// Shared prefix: keys 0..len-1 of every batch, of kv.dtype, at prefix rows.At(0, kv_head, j).
+struct SharedPrefix {
+  const void *key = nullptr, *value = nullptr;
+  int64_t len = 0, numel = 0;
+  RowStrides rows;
+};
+
+// Rotary part of MLA: score += q_rope . k_rope (before the scale), query_rope rows of Dr values in the
+// query's layout, key_rope in the key cache's geometry (its rows / pages with Dr values).
+struct Rope {
+  int64_t Dr = 0;
+  const void *query = nullptr;
+  int64_t q_numel = 0;
+  RowStrides q_rows;
+  KvCache key;  // key only (value unused), dtype the query dtype
+  bool enabled() const { return Dr > 0; }
+};
+
+// int8 query, key and value (full quantization): S = (Q.K^T) * deq1 * scale; P = softmax(S) normalised,
+// P8 = sat_int8(round(P * quant1)); O = (P8 . V) * deq2.
+struct FullQuant {
+  bool enabled = false;
+  float deq1 = 1.f, quant1 = 1.f, deq2 = 1.f;
+};
+
 // int8 output: y = sat_int8(round_half_even(o * scale + offset)); per channel c = h * D + d, or one value.
 struct PostQuant {
-  const float *scale = nullptr, *offset = nullptr;  // offset may be null (0)
-  int64_t numel = 0;                                // values of scale (and offset): N * D, or 1
+  std::vector<float> scale, offset;  // N * D values, or 1; offset empty: 0
   bool per_channel = false;
-  bool enabled() const { return scale != nullptr; }
+  bool enabled() const { return !scale.empty(); }
 };
 
 struct Problem {
@@ -100,8 +151,14 @@ struct Problem {
   // an adapter whose output has such rows zeroes them itself (decode has none).
   std::vector<int64_t> q_start, q_len, kv_start, kv_len;
 
+  Frame frame;  // where window-relative (i, j) sit in the mask and the bias; empty when neither is given
   Mask mask;
   ScoreBias bias;
+  Band band;
+  SharedPrefix prefix;
+  Rope rope;
+  std::vector<float> sink;  // learnable sink per query head (empty: none)
+  FullQuant full_quant;
   PostQuant post_quant;
 };
 

@@ -298,30 +298,45 @@ inline Antiquant ReadAntiquant(const char *prim, const Arg &scale, const Arg &of
   return aq;
 }
 
-// quant_scale2 / quant_offset2 of an int8 output: float32, one value or one per channel (N * D).
-inline PostQuant ReadPostQuant(const char *prim, const Arg &scale, const Arg &offset, int64_t N, int64_t D) {
+// The scale / offset of an int8 output (quant_scale2 / quant_offset2): float32 (or bfloat16 when allowed), one
+// value or one per channel (N * D).
+inline PostQuant ReadPostQuant(const char *prim, const char *scale_name, const char *offset_name, const Arg &scale,
+                               const Arg &offset, int64_t N, int64_t D, bool allow_bf16) {
   const int64_t n = scale.numel();
-  CheckDType(prim, "quant_scale2", scale, {abi::kFloat32});
+  auto check_dtype = [&](const char *name, const Arg &a) {
+    if (allow_bf16) {
+      CheckDType(prim, name, a, {abi::kFloat32, abi::kBfloat16});
+    } else {
+      CheckDType(prim, name, a, {abi::kFloat32});
+    }
+  };
+  check_dtype(scale_name, scale);
   if (n != 1 && n != N * D) {
-    Fail(prim, "the 'quant_scale2' must hold 1 or N * D = %lld values, but got shape %s.", (long long)(N * D),
+    Fail(prim, "the '%s' must hold 1 or N * D = %lld values, but got shape %s.", scale_name, (long long)(N * D),
          scale.ShapeString().c_str());
   }
   PostQuant pq;
-  pq.scale = static_cast<const float *>(scale.data);
-  pq.numel = n;
   pq.per_channel = n != 1;
+  for (int64_t i = 0; i < n; ++i) pq.scale.push_back(ReadFloat(scale, i));
   if (offset.present()) {
-    CheckDType(prim, "quant_offset2", offset, {abi::kFloat32});
+    check_dtype(offset_name, offset);
     if (offset.numel() != n) {
-      Fail(prim, "the 'quant_offset2' must have as many values as 'quant_scale2' (%lld), but got shape %s.",
+      Fail(prim, "the '%s' must have as many values as '%s' (%lld), but got shape %s.", offset_name, scale_name,
            (long long)n, offset.ShapeString().c_str());
     }
-    pq.offset = static_cast<const float *>(offset.data);
+    for (int64_t i = 0; i < n; ++i) pq.offset.push_back(ReadFloat(offset, i));
   }
   return pq;
 }
 
 // ---- the whole problem -------------------------------------------------------------------------------
+
+// The largest element offset + 1 a paged cache of head dim `width` can reach through any valid block entry.
+inline int64_t PagedExtent(const PagedKv &pg, int64_t kvN, int64_t width) {
+  if (pg.num_blocks <= 0) return 0;
+  return (pg.num_blocks - 1) * pg.block_stride + (kvN - 1) * pg.head_stride + (pg.block_size - 1) * pg.slot_stride +
+         width;
+}
 
 // The contract between adapters and the core: supported dtypes, consistent sizes, windows inside the stored
 // extents, and every element the core will touch inside its buffer. The adapter's validators give the
@@ -334,10 +349,14 @@ inline void CheckProblem(const char *prim, const Problem &p) {
     Fail(prim, "internal error: inconsistent sizes B %lld, N %lld, kvN %lld, G %lld, D %lld.", (long long)p.B,
          (long long)p.N, (long long)p.kvN, (long long)p.G, (long long)p.D);
   }
-  const bool q_half = p.q_dtype == abi::kFloat16 || p.q_dtype == abi::kBfloat16;
-  const bool kv_ok = p.kv.dtype == p.q_dtype || (p.kv.dtype == abi::kInt8 && p.kv.antiquant.enabled());
-  const bool out_ok = p.post_quant.enabled() ? p.out_dtype == abi::kInt8 : p.out_dtype == p.q_dtype;
-  if (!q_half || !kv_ok || !out_ok || (p.bias.data != nullptr && p.bias.dtype != p.q_dtype)) {
+  const bool fq = p.full_quant.enabled;
+  const bool q_ok = fq ? p.q_dtype == abi::kInt8 : (p.q_dtype == abi::kFloat16 || p.q_dtype == abi::kBfloat16);
+  const bool kv_ok = fq ? p.kv.dtype == abi::kInt8 && !p.kv.antiquant.enabled()
+                        : p.kv.dtype == p.q_dtype || (p.kv.dtype == abi::kInt8 && p.kv.antiquant.enabled());
+  const DType plain_out = fq ? abi::kFloat16 : p.q_dtype;
+  const bool out_ok = p.post_quant.enabled() ? p.out_dtype == abi::kInt8 : p.out_dtype == plain_out;
+  const DType bias_dtype = fq ? abi::kFloat16 : p.q_dtype;
+  if (!q_ok || !kv_ok || !out_ok || (p.bias.data != nullptr && p.bias.dtype != bias_dtype)) {
     Fail(prim, "internal error: unsupported dtypes query %s, key/value %s, output %s.", DTypeName(p.q_dtype),
          DTypeName(p.kv.dtype), DTypeName(p.out_dtype));
   }
@@ -345,12 +364,30 @@ inline void CheckProblem(const char *prim, const Problem &p) {
   if (p.q_start.size() != B || p.q_len.size() != B || p.kv_start.size() != B || p.kv_len.size() != B) {
     Fail(prim, "internal error: the per-batch windows are not sized B.");
   }
+  const bool framed = p.mask.data != nullptr || p.bias.data != nullptr;
+  if (framed && (p.frame.q.size() != B || p.frame.k.size() != B)) Fail(prim, "internal error: no mask frame.");
+  if (p.band.enabled() && (p.band.lo.size() != B || p.band.hi.size() != B)) Fail(prim, "internal error: band.");
+  if (!p.sink.empty() && p.sink.size() != static_cast<size_t>(p.N)) Fail(prim, "internal error: sink size.");
   const Antiquant &aq = p.kv.antiquant;
   if (aq.enabled() && (aq.key_scale.size() != width || aq.key_offset.size() != width ||
                        aq.value_scale.size() != width || aq.value_offset.size() != width)) {
     Fail(prim, "internal error: the antiquant parameters are not sized kvN * D.");
   }
-  for (const RowStrides *s : {&p.q_rows, &p.out_rows, &p.lse_rows, &p.kv.rows}) {
+  const SharedPrefix &prefix = p.prefix;
+  const Rope &rope = p.rope;
+  if (prefix.len < 0 || (prefix.len > 0 && (prefix.key == nullptr || prefix.value == nullptr ||
+                                            rope.enabled() || p.kv.key_tokens.enabled() ||
+                                            p.kv.value_tokens.enabled()))) {
+    Fail(prim, "internal error: an inconsistent shared prefix.");
+  }
+  if (prefix.len > 0 && prefix.rows.At(0, p.kvN - 1, prefix.len - 1) + p.D > prefix.numel) {
+    internal("shared prefix", prefix.rows.At(0, p.kvN - 1, prefix.len - 1) + p.D, prefix.numel);
+  }
+  for (const TokenScale *ts : {&p.kv.key_tokens, &p.kv.value_tokens}) {
+    if (ts->enabled() && (ts->origin.size() != B || ts->batch < 0)) Fail(prim, "internal error: token scales.");
+  }
+  for (const RowStrides *s : {&p.q_rows, &p.out_rows, &p.lse_rows, &p.kv.rows, &p.rope.q_rows, &p.rope.key.rows,
+                              &p.prefix.rows}) {
     if (s->batch < 0 || s->head < 0 || s->seq < 0) Fail(prim, "internal error: a negative stride.");
   }
   const PagedKv &pg = p.kv.pages;
@@ -359,10 +396,18 @@ inline void CheckProblem(const char *prim, const Problem &p) {
         pg.slot_stride < 0 || p.kv.stored_len > pg.max_blocks * pg.block_size) {
       Fail(prim, "internal error: an inconsistent paged cache.");
     }
-    // the largest offset any valid block entry gives
-    const int64_t last = (pg.num_blocks - 1) * pg.block_stride + (p.kvN - 1) * pg.head_stride +
-                         (pg.block_size - 1) * pg.slot_stride + p.D;
-    if (pg.num_blocks > 0 && last > p.kv.numel) internal("paged 'key'/'value'", last, p.kv.numel);
+    const int64_t last = PagedExtent(pg, p.kvN, p.D);
+    if (last > p.kv.numel) internal("paged 'key'/'value'", last, p.kv.numel);
+    if (rope.enabled()) {
+      const PagedKv &rp = rope.key.pages;
+      if (!rope.key.paged || rp.block_table != pg.block_table || rp.block_size != pg.block_size ||
+          rp.num_blocks != pg.num_blocks || rp.max_blocks != pg.max_blocks ||
+          PagedExtent(rp, p.kvN, rope.Dr) > rope.key.numel) {
+        Fail(prim, "internal error: an inconsistent paged key_rope.");
+      }
+    }
+  } else if (rope.enabled() && rope.key.paged) {
+    Fail(prim, "internal error: a paged key_rope with a dense key.");
   }
   std::vector<int64_t> kv_end(B);
   for (int64_t b = 0; b < p.B; ++b) {
@@ -379,16 +424,34 @@ inline void CheckProblem(const char *prim, const Problem &p) {
     if (p.lse != nullptr && p.lse_rows.At(b, p.N - 1, qi) >= p.lse_numel) {
       internal("lse output", p.lse_rows.At(b, p.N - 1, qi), p.lse_numel);
     }
-    if (kl == 0) continue;
-    const int64_t kj = ks + kl - 1;  // last key position
-    if (!p.kv.paged && p.kv.rows.At(b, p.kvN - 1, kj) + p.D > p.kv.numel) {
-      internal("'key'/'value'", p.kv.rows.At(b, p.kvN - 1, kj) + p.D, p.kv.numel);
+    if (rope.enabled() && rope.q_rows.At(b, p.N - 1, qi) + rope.Dr > rope.q_numel) {
+      internal("'query_rope'", rope.q_rows.At(b, p.N - 1, qi) + rope.Dr, rope.q_numel);
     }
-    if (p.mask.data != nullptr && b * p.mask.batch + qi * p.mask.row + kj >= p.mask.numel) {
-      internal("'attn_mask'", b * p.mask.batch + qi * p.mask.row + kj, p.mask.numel);
+    const int64_t keys = prefix.len + kl;
+    if (keys == 0) continue;
+    if (kl > 0) {
+      const int64_t kj = ks + kl - 1;  // last key position of the window
+      if (!p.kv.paged && p.kv.rows.At(b, p.kvN - 1, kj) + p.D > p.kv.numel) {
+        internal("'key'/'value'", p.kv.rows.At(b, p.kvN - 1, kj) + p.D, p.kv.numel);
+      }
+      if (rope.enabled() && !rope.key.paged && rope.key.rows.At(b, p.kvN - 1, kj) + rope.Dr > rope.key.numel) {
+        internal("'key_rope'", rope.key.rows.At(b, p.kvN - 1, kj) + rope.Dr, rope.key.numel);
+      }
+      for (const TokenScale *ts : {&p.kv.key_tokens, &p.kv.value_tokens}) {
+        if (!ts->enabled()) continue;
+        const int64_t at = b * ts->batch + ts->origin[b] + kl - 1;
+        if (ts->origin[b] < 0 || at >= ts->numel) internal("per-token antiquant scale", at, ts->numel);
+      }
+    }
+    if (framed && (p.frame.q[b] < 0 || p.frame.k[b] < 0)) Fail(prim, "internal error: a negative mask frame.");
+    const int64_t mi = ql - 1, mj = keys - 1;  // last window-relative row and key
+    if (p.mask.data != nullptr) {
+      const int64_t at = b * p.mask.batch + (mi + p.frame.q[b]) * p.mask.row + mj + p.frame.k[b];
+      if (at >= p.mask.numel || p.mask.batch < 0 || p.mask.row < 0) internal("'attn_mask'", at, p.mask.numel);
     }
     if (p.bias.data != nullptr) {
-      const int64_t at = b * p.bias.batch + (p.N - 1) * p.bias.head + qi * p.bias.row + kj;
+      const int64_t at = b * p.bias.batch + (p.N - 1) * p.bias.head + (mi + p.frame.q[b]) * p.bias.row + mj +
+                         p.frame.k[b];
       if (at >= p.bias.numel || p.bias.batch < 0 || p.bias.head < 0 || p.bias.row < 0) {
         internal("'pse_shift'", at, p.bias.numel);
       }
@@ -396,8 +459,9 @@ inline void CheckProblem(const char *prim, const Problem &p) {
   }
   if (p.kv.paged) CheckBlockTable(prim, "block_table", pg, kv_end);
   const PostQuant &pq = p.post_quant;
-  if (pq.enabled() && pq.numel != (pq.per_channel ? p.N * p.D : 1)) {
-    Fail(prim, "internal error: the post-quantization holds %lld values.", (long long)pq.numel);
+  const size_t pq_values = pq.per_channel ? static_cast<size_t>(p.N * p.D) : 1;
+  if (pq.enabled() && (pq.scale.size() != pq_values || (!pq.offset.empty() && pq.offset.size() != pq_values))) {
+    Fail(prim, "internal error: the post-quantization holds %zu values.", pq.scale.size());
   }
 }
 
