@@ -110,6 +110,18 @@ class Checker:
                                   f"{type(value).__name__}.")
         return value
 
+    def bool_attr(self, name: str, value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.type_error(f"the '{name}' must be a bool, but got {value!r} of type {type(value).__name__}.")
+        return value
+
+    def choice_attr(self, name: str, value: Any, allowed: Tuple[int, ...], error: str = "value_error") -> int:
+        """An int attribute restricted to `allowed`; `error` names the Checker method for a value outside."""
+        value = self.int_attr(name, value)
+        if value not in allowed:
+            raise getattr(self, error)(f"the '{name}' must be one of {list(allowed)}, but got {value}.")
+        return value
+
     def dtype_in(self, name: str, m: Optional[TensorMeta], allowed: Tuple[str, ...]) -> None:
         if m is not None and m.dtype not in allowed:
             raise self.type_error(f"the dtype of '{name}' must be one of {list(allowed)}, but got {m.dtype}.")

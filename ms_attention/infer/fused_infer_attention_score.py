@@ -1,37 +1,59 @@
-"""fused_infer_attention_score: PROVISIONAL infer module (kernel branch only; replaced by the real checks at
-merge). Normalises the attributes and gives the output dtypes; every input check is left to the C++ kernel."""
+"""fused_infer_attention_score: attribute checks, input validation and output inference, through the checks
+shared with prompt_flash_attention (infer/fused_attention.py). A query of length 1 (not TND) takes the
+incremental branch, checked as incre_flash_attention."""
 from typing import Any, Dict, Optional, Tuple
 
+import numpy as np
+
 from ms_attention import opdef
-from ms_attention.infer import geometry
-from ms_attention.infer.common import Checker
+from ms_attention.infer import fused_attention, geometry
+from ms_attention.infer.common import Checker, TensorMeta
 
 _OP = opdef.get("fused_infer_attention_score")
-_chk = Checker(_OP.class_name)
-VALUE_INPUTS = ()
+PRIM_NAME = _OP.class_name
+LAYOUTS = ("BSH", "BNSD", "BSND", "TND", "BNSD_BSND")
+VALUE_INPUTS = ("actual_seq_lengths", "actual_seq_lengths_kv", "actual_shared_prefix_len", "block_table")
+
+_chk = Checker(PRIM_NAME)
+RULES = fused_attention.Rules(chk=_chk, names={a.name: a.name for a in _OP.tensor_inputs},
+                              query_types=("int8", "float16", "bfloat16"))
 
 
-def check_attrs(num_heads, scale_value, pre_tokens, next_tokens, input_layout, num_key_value_heads, sparse_mode,
-                inner_precise, block_size, antiquant_mode, softmax_lse_flag, key_antiquant_mode,
-                value_antiquant_mode) -> Dict[str, Any]:
-    layout = geometry.layout_attr(_chk, input_layout, ("BSH", "BNSD", "BSND", "TND", "BNSD_BSND"))
-    num_heads, kv_heads = geometry.head_attrs(_chk, num_heads, num_key_value_heads, None)
-    return dict(num_heads=num_heads, scale_value=float(scale_value), pre_tokens=int(pre_tokens),
-                next_tokens=int(next_tokens), input_layout=layout, num_key_value_heads=kv_heads,
-                sparse_mode=int(sparse_mode), inner_precise=int(inner_precise), block_size=int(block_size),
-                antiquant_mode=int(antiquant_mode), softmax_lse_flag=bool(softmax_lse_flag),
-                key_antiquant_mode=int(key_antiquant_mode), value_antiquant_mode=int(value_antiquant_mode))
+def check_attrs(num_heads: Any, scale_value: Any, pre_tokens: Any, next_tokens: Any, input_layout: Any,
+                num_key_value_heads: Any, sparse_mode: Any, inner_precise: Any, block_size: Any,
+                antiquant_mode: Any, softmax_lse_flag: Any, key_antiquant_mode: Any,
+                value_antiquant_mode: Any) -> Dict[str, Any]:
+    """The primitive's __init__ checks; returns the normalised attributes (kvN = N when 0, layout upper case)."""
+    scale_value = _chk.float_attr("scale_value", scale_value)
+    pre_tokens = _chk.int_attr("pre_tokens", pre_tokens)
+    next_tokens = _chk.int_attr("next_tokens", next_tokens)
+    layout = geometry.layout_attr(_chk, input_layout, LAYOUTS)
+    num_heads, kv_heads = geometry.head_attrs(_chk, num_heads, num_key_value_heads, fused_attention.MAX_GROUP)
+    sparse_mode = fused_attention.sparse_mode_attr(_chk, sparse_mode, "value_error")
+    inner_precise = _chk.choice_attr("inner_precise", inner_precise, (0, 1, 2, 3))
+    block_size = _chk.int_attr("block_size", block_size)
+    if block_size < 0:
+        raise _chk.value_error(f"the 'block_size' must be >= 0, but got {block_size}.")
+    modes = {name: _chk.choice_attr(name, value, (0, 1)) for name, value in (
+        ("antiquant_mode", antiquant_mode), ("key_antiquant_mode", key_antiquant_mode),
+        ("value_antiquant_mode", value_antiquant_mode))}
+    softmax_lse_flag = _chk.bool_attr("softmax_lse_flag", softmax_lse_flag)
+    return dict(num_heads=num_heads, scale_value=scale_value, pre_tokens=pre_tokens, next_tokens=next_tokens,
+                input_layout=layout, num_key_value_heads=kv_heads, sparse_mode=sparse_mode,
+                inner_precise=inner_precise, block_size=block_size, softmax_lse_flag=softmax_lse_flag, **modes)
 
 
 def output_dtypes(attrs: Dict[str, Any], dtypes: Dict[str, Optional[str]]) -> Tuple[str, str]:
-    if dtypes["quant_scale2"] is not None:
-        return ("int8", "float32")
-    return ("float16" if dtypes["query"] == "int8" else dtypes["query"], "float32")
+    """(attention_out, softmax_lse): int8 with quant_scale2, float16 for an int8 query without it, else the
+    query dtype; the lse is float32."""
+    return fused_attention.output_dtypes(dtypes["query"], dtypes["quant_scale2"] is not None)
 
 
-def infer(metas, attrs, static) -> None:
-    return None
+def infer(m: Dict[str, Optional[TensorMeta]], attrs: Dict[str, Any],
+          static: Dict[str, Optional[Tuple[Any, ...]]]) -> None:
+    fused_attention.infer(RULES, m, attrs, static)
 
 
-def check_values(values, metas, attrs) -> None:
-    return None
+def check_values(values: Dict[str, Optional[np.ndarray]], m: Dict[str, Optional[TensorMeta]],
+                 attrs: Dict[str, Any]) -> None:
+    fused_attention.check_values(RULES, values, m, attrs)

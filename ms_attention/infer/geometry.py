@@ -3,24 +3,28 @@ key / value shapes each layout implies. Unknown dims (-1) and ranks (-2) pass; t
 """
 from typing import Any, Dict, Optional, Tuple
 
-from ms_attention.infer.common import (UNKNOWN, Checker, TensorMeta, known, product, same, same_shape)
+from ms_attention.infer.common import UNKNOWN, Checker, TensorMeta, known, same, same_shape
 
 
-def head_attrs(chk: Checker, num_heads: Any, num_key_value_heads: Any, max_group: Optional[int]) -> Tuple[int, int]:
-    """(N, kvN) with kvN = N when num_key_value_heads is 0; N must be a multiple of kvN."""
-    num_heads = chk.int_attr("num_heads", num_heads)
+def head_attrs(chk: Checker, num_heads: Any, num_key_value_heads: Any, max_group: Optional[int],
+               heads_name: str = "num_heads", attr_error: str = "value_error") -> Tuple[int, int]:
+    """(N, kvN) with kvN = N when num_key_value_heads is 0; N must be a multiple of kvN. `attr_error` is the
+    Checker method raising for a negative num_key_value_heads and for N not a multiple of kvN (IFA documents a
+    ValueError, PFA a RuntimeError)."""
+    num_heads = chk.int_attr(heads_name, num_heads)
     num_key_value_heads = chk.int_attr("num_key_value_heads", num_key_value_heads)
+    error = getattr(chk, attr_error)
     if num_heads <= 0:
-        raise chk.runtime_error(f"the 'num_heads' must be greater than 0, but got {num_heads}.")
+        raise chk.runtime_error(f"the '{heads_name}' must be greater than 0, but got {num_heads}.")
     if num_key_value_heads < 0:
-        raise chk.value_error(f"the 'num_key_value_heads' must be >= 0, but got {num_key_value_heads}.")
+        raise error(f"the 'num_key_value_heads' must be >= 0, but got {num_key_value_heads}.")
     kv_heads = num_key_value_heads or num_heads
     if num_heads % kv_heads != 0:
-        raise chk.value_error(f"the 'num_heads' must be divisible by 'num_key_value_heads', but got "
-                              f"{num_heads} and {num_key_value_heads}.")
+        raise error(f"the '{heads_name}' must be divisible by 'num_key_value_heads', but got {num_heads} and "
+                    f"{num_key_value_heads}.")
     if max_group is not None and num_heads // kv_heads > max_group:
-        raise chk.value_error(f"the ratio 'num_heads' / 'num_key_value_heads' must not exceed {max_group}, "
-                              f"but got {num_heads} / {kv_heads}.")
+        raise error(f"the ratio '{heads_name}' / 'num_key_value_heads' must not exceed {max_group}, but got "
+                    f"{num_heads} / {kv_heads}.")
     return num_heads, kv_heads
 
 
@@ -58,20 +62,38 @@ def query_geometry(chk: Checker, q: TensorMeta, layout: str, n: int) -> Dict[str
     return dict(b=b, s=s, n=n, d=d)
 
 
-def kv_geometry(chk: Checker, k: TensorMeta, layout: str, b: int, kvn: int, d: int) -> int:
-    """Checks a contiguous key/value against the query's B, kvN, D; returns the stored length S (-1 if unknown)."""
+def kv_geometry(chk: Checker, k: TensorMeta, layout: str, b: int, kvn: int, d: int, name: str = "key") -> int:
+    """Checks a contiguous key/value against the query's B (unused for TND), kvN and D; returns the stored length
+    S (T_kv for TND), -1 if unknown."""
     if not k.rank_known:
         return UNKNOWN
-    kvh = product(kvn, d)
-    want = {"BSH": (b, None, kvh), "BNSD": (b, kvn, None, d), "BSND": (b, None, kvn, d)}[layout]
-    if k.ndim != len(want):
-        raise chk.value_error(f"the 'key' must be {len(want)}-D for input_layout {layout}, but got shape "
-                              f"{k.shape}.")
-    if not same_shape(k.shape, want):
-        text = "(" + ", ".join("S" if w is None else ("?" if w < 0 else str(w)) for w in want) + ")"
-        raise chk.runtime_error(f"the shape of 'key' must be {text} for input_layout {layout} with B={b}, "
-                                f"num_key_value_heads={kvn}, D={d}, but got {k.shape}.")
-    return k.shape[2 if layout == "BNSD" else 1]
+    axes = {"BSH": "(B, S, kvH)", "BNSD": "(B, kvN, S, D)", "BSND": "(B, S, kvN, D)", "TND": "(T, kvN, D)"}[layout]
+    if k.ndim != len(axes.split(",")):
+        raise chk.value_error(f"the '{name}' must be {len(axes.split(','))}-D {axes} for input_layout {layout}, but "
+                              f"got shape {k.shape}.")
+    if layout == "BSH":
+        batch, s, hidden = k.shape
+        if known(hidden) and hidden % kvn != 0:
+            raise chk.runtime_error(f"the hidden size kv_h of '{name}' must be divisible by 'num_key_value_heads', "
+                                    f"but got kv_h {hidden} and num_key_value_heads {kvn} (shape {k.shape}).")
+        heads, head_dim = kvn, (hidden // kvn if known(hidden) else UNKNOWN)
+    elif layout == "BNSD":
+        batch, heads, s, head_dim = k.shape
+    elif layout == "BSND":
+        batch, s, heads, head_dim = k.shape
+    else:
+        s, heads, head_dim = k.shape
+        batch = b
+    if not same(batch, b):
+        raise chk.runtime_error(f"the batch axis of '{name}' must equal the batch of 'query' ({b}), but got shape "
+                                f"{k.shape}.")
+    if not same(heads, kvn):
+        raise chk.runtime_error(f"the head axis kv_n of '{name}' must equal 'num_key_value_heads' ({kvn}), but got "
+                                f"{heads} (shape {k.shape}).")
+    if not same(head_dim, d):
+        raise chk.runtime_error(f"the head dim D of '{name}' must equal that of 'query' ({d}), but got "
+                                f"{head_dim} (shape {k.shape}).")
+    return s
 
 
 def same_kv_shapes(chk: Checker, k: TensorMeta, v: TensorMeta) -> None:

@@ -74,16 +74,16 @@ def _check_dtypes(m: Dict[str, Optional[TensorMeta]]) -> None:
                               f"with 'antiquant_scale', but got {m['key'].dtype}.")
 
 
-def _query_geometry(q: TensorMeta, attrs: Dict[str, Any]) -> Tuple[int, int, int]:
-    """(B, N, D) of the single-token query; -1 where unknown."""
-    g = geometry.query_geometry(_chk, q, attrs["input_layout"], attrs["num_heads"])
+def decode_query_geometry(chk: Checker, q: TensorMeta, layout: str, n: int) -> Tuple[int, int, int]:
+    """(B, N, D) of a single-token query (the incremental branch); -1 where unknown."""
+    g = geometry.query_geometry(chk, q, layout, n)
     if not same(g["s"], 1):
-        raise _chk.value_error(f"the sequence length of 'query' must be 1, but got {g['s']} (query shape "
-                               f"{q.shape}).")
+        raise chk.value_error(f"the sequence length of 'query' must be 1, but got {g['s']} (query shape "
+                              f"{q.shape}).")
     b, n, d = g["b"], g["n"], g["d"]
     if (known(b) and b > MAX_B) or n > MAX_N or (known(d) and d > MAX_D):
-        raise _chk.value_error(f"B <= {MAX_B}, N <= {MAX_N} and D <= {MAX_D} are supported, but got B={b}, "
-                               f"N={n}, D={d}.")
+        raise chk.value_error(f"B <= {MAX_B}, N <= {MAX_N} and D <= {MAX_D} are supported, but got B={b}, "
+                              f"N={n}, D={d}.")
     return b, n, d
 
 
@@ -97,7 +97,8 @@ def infer(m: Dict[str, Optional[TensorMeta]], attrs: Dict[str, Any],
         if m[name] is not None:
             raise _chk.runtime_error(f"the '{name}' is not supported now, must be None, but got a Tensor of shape "
                                      f"{m[name].shape}.")
-    b, n, d = _query_geometry(m["query"], attrs)
+    b, n, d = decode_query_geometry(_chk, m["query"], attrs["input_layout"],
+                                    attrs["num_heads"])
     kvn, layout = attrs["num_key_value_heads"], attrs["input_layout"]
     k, v = m["key"], m["value"]
     geometry.same_kv_shapes(_chk, k, v)
@@ -121,9 +122,7 @@ def infer(m: Dict[str, Optional[TensorMeta]], attrs: Dict[str, Any],
     seq_lengths.check_range(_chk, "actual_seq_lengths", seq_static, max_kv, "the key/value length S")
 
     _check_mask_and_pse(m, b, n, d, max_kv, is_paged)
-    pad = m["kv_padding_size"]
-    if pad is not None and pad.rank_known and pad.shape not in ((), (1,)) and known(*pad.shape):
-        raise _chk.value_error(f"the shape of 'kv_padding_size' must be () or (1,), but got {pad.shape}.")
+    seq_lengths.check_padding_meta(_chk, "kv_padding_size", m["kv_padding_size"])
     quant.check_antiquant(_chk, m["antiquant_scale"], m["antiquant_offset"], k.dtype, layout, kvn, d)
     quant.check_post_quant(_chk, m["quant_scale2"], m["quant_offset2"], n, d, is_paged)
 
@@ -135,32 +134,58 @@ def _last_axis_ok(last: int, max_kv: int, is_paged: bool) -> bool:
     return same(last, max_kv)
 
 
+def _s_text(max_kv: int, is_paged: bool) -> str:
+    return "S" if is_paged or not known(max_kv) else str(max_kv)
+
+
+def decode_mask_fits(shape: Tuple[int, ...], b: int, max_kv: int, is_paged: bool) -> bool:
+    """A decode mask: (B, S), (B, 1, S) or (B, 1, 1, S)."""
+    lead = shape[:-1]
+    ok_lead = any(len(lead) == len(w) and all(same(x, y) for x, y in zip(lead, w))
+                  for w in ((b,), (b, 1), (b, 1, 1)))
+    return len(shape) >= 2 and ok_lead and _last_axis_ok(shape[-1], max_kv, is_paged)
+
+
+def decode_mask_forms(b: int, max_kv: int, is_paged: bool) -> str:
+    want = _s_text(max_kv, is_paged)
+    return f"(B, {want}), (B, 1, {want}) or (B, 1, 1, {want}) with B={b}"
+
+
+def decode_pse_fits(shape: Tuple[int, ...], b: int, n: int, max_kv: int, is_paged: bool) -> bool:
+    """A decode pse_shift: (1, N, 1, S) or (B, N, 1, S)."""
+    return (len(shape) == 4 and _last_axis_ok(shape[-1], max_kv, is_paged)
+            and (same(shape[0], b) or shape[0] == 1) and same(shape[1], n) and same(shape[2], 1))
+
+
+def decode_pse_forms(b: int, n: int, max_kv: int, is_paged: bool) -> str:
+    want = _s_text(max_kv, is_paged)
+    return f"(1, {n}, 1, {want}) or ({b}, {n}, 1, {want})"
+
+
+def check_pse_head_dim(chk: Checker, d: int) -> None:
+    if known(d) and d % 16 != 0:
+        raise chk.value_error(f"the 'pse_shift' needs the head dim D to be a multiple of 16, but got D={d}.")
+
+
 def _check_mask_and_pse(m, b, n, d, max_kv, is_paged) -> None:
-    want = "S" if is_paged or not known(max_kv) else str(max_kv)
     mask = m["attn_mask"]
-    if mask is not None and mask.rank_known:
-        lead = mask.shape[:-1]
-        ok_lead = any(len(lead) == len(w) and all(same(x, y) for x, y in zip(lead, w))
-                      for w in ((b,), (b, 1), (b, 1, 1)))
-        if not (mask.ndim >= 2 and ok_lead and _last_axis_ok(mask.shape[-1], max_kv, is_paged)):
-            raise _chk.runtime_error(f"the shape of 'attn_mask' must be (B, {want}), (B, 1, {want}) or "
-                                     f"(B, 1, 1, {want}) with B={b}, but got {mask.shape}.")
+    if mask is not None and mask.rank_known and not decode_mask_fits(mask.shape, b, max_kv, is_paged):
+        raise _chk.runtime_error(f"the shape of 'attn_mask' must be {decode_mask_forms(b, max_kv, is_paged)}, "
+                                 f"but got {mask.shape}.")
     pse = m["pse_shift"]
     if pse is not None and pse.rank_known:
-        ok = (pse.ndim == 4 and _last_axis_ok(pse.shape[-1], max_kv, is_paged)
-              and (same(pse.shape[0], b) or pse.shape[0] == 1) and same(pse.shape[1], n) and same(pse.shape[2], 1))
-        if not ok:
-            raise _chk.runtime_error(f"the shape of 'pse_shift' must be (1, {n}, 1, {want}) or ({b}, {n}, 1, "
-                                     f"{want}), but got {pse.shape}.")
-        if known(d) and d % 16 != 0:
-            raise _chk.value_error(f"the 'pse_shift' needs the head dim D to be a multiple of 16, but got D={d}.")
+        if not decode_pse_fits(pse.shape, b, n, max_kv, is_paged):
+            raise _chk.runtime_error(f"the shape of 'pse_shift' must be {decode_pse_forms(b, n, max_kv, is_paged)}"
+                                     f", but got {pse.shape}.")
+        check_pse_head_dim(_chk, d)
 
 
 def check_values(values: Dict[str, Optional[np.ndarray]], m: Dict[str, Optional[TensorMeta]],
                  attrs: Dict[str, Any]) -> None:
     """Checks of run-time values (Tensor sequence lengths, block table), done on the host in PyNative, where
     every shape is known. The kernel repeats them, so Graph mode gets a RuntimeError from it instead."""
-    b, _, d = _query_geometry(m["query"], attrs)
+    b, _, d = decode_query_geometry(_chk, m["query"], attrs["input_layout"],
+                                    attrs["num_heads"])
     is_paged = m["block_table"] is not None
     seq = values.get("actual_seq_lengths")
     if is_paged:
@@ -172,7 +197,5 @@ def check_values(values: Dict[str, Optional[np.ndarray]], m: Dict[str, Optional[
         lens = seq_lengths.per_batch(seq, b)
         longest = int(lens.max(initial=0))
         for name in ("attn_mask", "pse_shift"):
-            if m[name] is not None and longest > m[name].shape[-1]:
-                raise _chk.runtime_error(f"the last axis of '{name}' ({m[name].shape[-1]}) must cover the longest "
-                                         f"sequence ({longest}) with page attention.")
+            paged.check_covers_longest(_chk, name, m[name], longest)
         paged.check_table_values(_chk, values["block_table"], lens, attrs["block_size"], m["key"].shape[0])

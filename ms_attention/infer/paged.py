@@ -70,3 +70,11 @@ def check_table_values(chk: Checker, table: np.ndarray, lengths: np.ndarray, blo
             slot = int(np.nonzero((row < 0) | (row >= num_blocks))[0][0])
             raise chk.value_error(f"the 'block_table' entry {int(bad[0])} of batch {batch} (slot {slot}) is out "
                                   f"of range [0, {num_blocks}) (num_blocks of the paged key/value).")
+
+
+def check_covers_longest(chk: Checker, name: str, m: Optional[TensorMeta], longest: int) -> None:
+    """An input indexed by the logical token position (mask, pse, per-token scales) must reach the longest
+    sequence a paged batch reads: its last axis at least that long."""
+    if m is not None and m.rank_known and known(m.shape[-1]) and longest > m.shape[-1]:
+        raise chk.runtime_error(f"the last axis of '{name}' ({m.shape[-1]}) must cover the longest sequence "
+                                f"({longest}) with page attention.")

@@ -42,3 +42,34 @@ def per_batch(values: Sequence[int], b: int) -> np.ndarray:
     flat = np.asarray(values, np.int64).reshape(-1)
     return np.broadcast_to(flat, (b,)) if flat.size == 1 else flat
 
+
+
+def check_cumulative(chk: Checker, name: str, values: Optional[Sequence[int]], total: int, what: str) -> None:
+    """TND lengths: prefix sums without a leading 0, so non-negative, non-decreasing, the last equal to the
+    total token count `total` (not checked when unknown, -1)."""
+    if values is None:
+        return
+    flat = [int(v) for v in np.asarray(values).reshape(-1)]
+    if not flat:
+        raise chk.value_error(f"the '{name}' must hold one cumulative length per batch for input_layout TND, but "
+                              f"got none.")
+    previous = 0
+    for v in flat:
+        if v < previous:
+            raise chk.value_error(f"the '{name}' must be cumulative for input_layout TND (non-negative and "
+                                  f"non-decreasing prefix sums), but got {v} after {previous} in {flat}.")
+        previous = v
+    if known(total) and flat[-1] != total:
+        raise chk.value_error(f"the last of the cumulative '{name}' must equal {what} ({total}), but got "
+                              f"{flat[-1]} in {flat}.")
+
+
+def from_cumulative(values: Sequence[int]) -> np.ndarray:
+    """Per-batch lengths from TND prefix sums."""
+    return np.diff(np.asarray(values, np.int64).reshape(-1), prepend=0)
+
+
+def check_padding_meta(chk: Checker, name: str, m: Optional[TensorMeta]) -> None:
+    """A left padding size is one value: shape () or (1,)."""
+    if m is not None and m.rank_known and m.shape not in ((), (1,)) and known(*m.shape):
+        raise chk.value_error(f"the shape of '{name}' must be () or (1,), but got {m.shape}.")

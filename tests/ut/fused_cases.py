@@ -1,9 +1,12 @@
-"""Builds prompt_flash_attention (PFA), fused_infer_attention_score (FIA) and fused_infer_attention_score_v2 (v2)
-inputs (numpy and MindSpore), runs the public functional in a given mode, compares attention_out (and
-softmax_lse) with the numpy golden under SPEC.md §9's tolerances.
+"""Shared helpers of the prompt_flash_attention (PFA), fused_infer_attention_score (FIA) and
+fused_infer_attention_score_v2 (v2) tests.
 
-Inputs are drawn once in a canonical (B, heads, S, D) form and then arranged into the case's layout, so the same
-seed gives the same numbers in every layout, paged or not."""
+- Validation tests: t(), lengths(), run(mode, fn, kwargs) and first() call a functional from raw keyword
+  arguments in PyNative, Graph (an nn.Cell holding the constants, Tensors as graph inputs) or jit.
+- Numeric tests: Case builds inputs (numpy and MindSpore), run_op() calls the public functional in a given mode,
+  and Case.check compares attention_out (and softmax_lse) with the numpy golden under SPEC.md §9's tolerances.
+  Inputs are drawn once in a canonical (B, heads, S, D) form and then arranged into the case's layout, so the
+  same seed gives the same numbers in every layout, paged or not."""
 import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn
@@ -11,6 +14,61 @@ from mindspore import Tensor, nn
 from ifa_cases import assert_close, round_to, to_numpy, to_tensor
 from ms_attention import opdef, ops
 from ms_attention.kernels.reference import fused_attention as golden
+
+MS_DTYPE = {"float16": ms.float16, "bfloat16": ms.bfloat16, "float32": ms.float32, "int8": ms.int8,
+            "uint8": ms.uint8, "bool": ms.bool_, "int32": ms.int32, "int64": ms.int64, "uint64": ms.uint64}
+
+
+def t(shape, dtype="float16", value=0):
+    """A Tensor of the given shape and dtype filled with `value`."""
+    if dtype == "bfloat16":
+        return Tensor(np.full(shape, value, np.float32), ms.bfloat16)
+    return Tensor(np.full(shape, value, {"bool": np.bool_}.get(dtype, dtype)), MS_DTYPE[dtype])
+
+
+def lengths(values):
+    return Tensor(np.asarray(values, np.int64))
+
+
+class _OpCell(nn.Cell):
+    """The functional in a graph: Tensors arrive as graph inputs (a dict for the optional ones), everything
+    else (attributes, tuple/list lengths, None) as constants held by the cell."""
+
+    def __init__(self, fn, constants):
+        super().__init__()
+        self.fn = fn
+        self.constants = constants
+
+    def construct(self, query, key, value, tensors):
+        return self.fn(query, key, value, **tensors, **self.constants)
+
+
+def run(mode, fn, kwargs):
+    """fn(**kwargs) in the given mode; the output (a Tensor, or a tuple for the fused ops)."""
+    if mode == "pynative":
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+        return fn(**kwargs)
+    kwargs = dict(kwargs)
+    query, key, value = kwargs.pop("query"), kwargs.pop("key"), kwargs.pop("value")
+    tensors = {n: x for n, x in kwargs.items() if isinstance(x, Tensor)}
+    constants = {n: x for n, x in kwargs.items() if not isinstance(x, Tensor)}
+    cell = _OpCell(fn, constants)
+    if mode == "graph":
+        ms.set_context(mode=ms.GRAPH_MODE)
+        return cell(query, key, value, tensors)
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    return ms.jit(cell.construct)(query, key, value, tensors)
+
+
+def first(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+OPS = {"pfa": ops.prompt_flash_attention, "fia": ops.fused_infer_attention_score,
+       "v2": ops.fused_infer_attention_score_v2}
+
+
+# ---- numeric cases ------------------------------------------------------------------------------------------
 
 PFA, FIA, V2 = "prompt_flash_attention", "fused_infer_attention_score", "fused_infer_attention_score_v2"
 INT_MAX = 2147483647
@@ -38,57 +96,14 @@ def signature(op_name):
     return inputs, attrs, lists
 
 
-class FunctionalCell(nn.Cell):
-    """Graph-mode caller: every tensor given is a construct input; attributes and constant length tuples are
-    fixed at construction. (Absent inputs are left to the functional's default: a None graph input would
-    turn the keyword dict below into a Python-fallback tuple.)"""
-
-    def __init__(self, op_name, names, as_list, consts):
-        super().__init__()
-        self.fn = getattr(ops, op_name)
-        self.names = names
-        self.as_list = as_list
-        self.consts = consts
-
-    def construct(self, *tensors):
-        kwargs = {}
-        for i in range(len(self.names)):
-            if self.as_list[i]:
-                kwargs[self.names[i]] = [tensors[i]]
-            else:
-                kwargs[self.names[i]] = tensors[i]
-        return self.fn(**kwargs, **self.consts)
-
-
-def run(mode, op_name, kwargs, key_as_list=True):
-    """Call ops.<op_name>(**kwargs) in the given mode. key/value go as a one-element list where the operator
-    takes one (FIA) and key_as_list is set. Returns (attention_out, softmax_lse or None for PFA)."""
+def run_op(mode, op_name, kwargs, key_as_list=True):
+    """ops.<op_name>(**kwargs) in the given mode (through run()). key/value go as a one-element list where the
+    operator takes one (FIA) and key_as_list is set. Returns (attention_out, softmax_lse or None for PFA)."""
     inputs, attrs, lists = signature(op_name)
     unknown = set(kwargs) - set(inputs) - set(attrs)
     assert not unknown, f"{op_name} takes no {sorted(unknown)}"
-    wrap = {n: key_as_list and n in lists for n in inputs}
-    if mode == "pynative":
-        ms.set_context(mode=ms.PYNATIVE_MODE)
-        result = getattr(ops, op_name)(**{n: [v] if wrap.get(n) else v for n, v in kwargs.items()})
-    else:
-        consts = {n: kwargs[n] for n in attrs if n in kwargs}
-        names, values = [], []
-        for n in inputs:
-            value = kwargs.get(n)
-            if value is None:                          # absent: the functional's default
-                continue
-            if isinstance(value, (list, tuple)):       # lengths given as Python ints: graph constants
-                consts[n] = tuple(value)
-            else:
-                names.append(n)
-                values.append(value)
-        cell = FunctionalCell(op_name, tuple(names), tuple(wrap[n] for n in names), consts)
-        if mode == "graph":
-            ms.set_context(mode=ms.GRAPH_MODE)
-            result = cell(*values)
-        else:
-            ms.set_context(mode=ms.PYNATIVE_MODE)
-            result = ms.jit(cell.construct)(*values)
+    kwargs = {n: [v] if key_as_list and n in lists else v for n, v in kwargs.items()}
+    result = run(mode, getattr(ops, op_name), kwargs)
     if op_name == PFA:
         return result, None
     out, lse = result
@@ -274,7 +289,7 @@ class Case:
         return self.dtype
 
     def run(self, mode, key_as_list=True):
-        return run(mode, self.op, self.kwargs(), key_as_list=key_as_list)
+        return run_op(mode, self.op, self.kwargs(), key_as_list=key_as_list)
 
     def check(self, mode, lse=False, key_as_list=True):
         """Run in `mode` and compare with the golden. lse: ask for softmax_lse (FIA, v2) and compare it too.
@@ -308,7 +323,7 @@ V2_FROM_FIA = {"key_antiquant_scale": "dequant_scale_key", "key_antiquant_offset
 def translate(kwargs, from_op, to_op):
     """The same call for another operator of the family: renames the keywords the two spell differently and
     pins the defaults that differ (PFA's next_tokens is 0, the others' INT_MAX; v2's num_key_value_heads is 1,
-    the others' 0 = num_heads). Keywords with no counterpart in to_op raise (see run())."""
+    the others' 0 = num_heads). Keywords with no counterpart in to_op raise (see run_op())."""
     renames = {NAMES[from_op][k]: NAMES[to_op][k] for k in NAMES[from_op] if NAMES[from_op][k]}
     if (from_op, to_op) == (FIA, V2):
         renames.update(V2_FROM_FIA)

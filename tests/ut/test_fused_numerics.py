@@ -6,8 +6,8 @@ import pytest
 from mindspore import Tensor
 
 import ifa_cases
-from fused_cases import (FIA, INT_MAX, PFA, V2, Case, arrange, assert_close, assert_lse_close, run, to_numpy,
-                         translate)
+from fused_cases import (FIA, INT_MAX, PFA, V2, Case, arrange, assert_close, assert_lse_close, run_op,
+                         to_numpy, translate)
 
 ALL_OPS = (PFA, FIA, V2)
 LAYOUTS = {PFA: ("BSH", "BNSD", "BSND", "TND"), FIA: ("BSH", "BNSD", "BSND", "TND", "BNSD_BSND"),
@@ -515,7 +515,7 @@ def test_fia_equals_pfa_for_prefill(mode, feature):
     case = _fia_case(8)
     PFA_SHARED[feature](case)
     fia_out, _ = case.run(mode)
-    pfa_out, _ = run(mode, PFA, translate(case.kwargs(), FIA, PFA))
+    pfa_out, _ = run_op(mode, PFA, translate(case.kwargs(), FIA, PFA))
     dtype = case.out_dtype()
     assert pfa_out.dtype == fia_out.dtype
     assert_close(to_numpy(pfa_out), to_numpy(fia_out).astype(np.float64), dtype)
@@ -526,7 +526,7 @@ def test_fia_equals_pfa_for_tnd(mode):
     case = Case(FIA, b=3, n=4, kvn=2, d=32, layout="TND", q_lens=[4, 7, 2], kv_lens=[10, 7, 30])
     case.attrs["sparse_mode"] = 3
     fia_out, _ = case.run(mode)
-    pfa_out, _ = run(mode, PFA, translate(case.kwargs(), FIA, PFA))
+    pfa_out, _ = run_op(mode, PFA, translate(case.kwargs(), FIA, PFA))
     assert_close(to_numpy(pfa_out), to_numpy(fia_out).astype(np.float64), "float16")
     assert_close(to_numpy(fia_out), case.expected()[0], "float16")
 
@@ -596,7 +596,7 @@ def test_v2_equals_fia(mode, feature):
     assert not spec, spec
     case.attrs["softmax_lse_flag"] = True
     fia_out, fia_lse = case.run(mode)
-    v2_out, v2_lse = run(mode, V2, translate(case.kwargs(), FIA, V2))
+    v2_out, v2_lse = run_op(mode, V2, translate(case.kwargs(), FIA, V2))
     dtype = case.out_dtype()
     assert v2_out.dtype == fia_out.dtype
     assert_close(to_numpy(v2_out), to_numpy(fia_out).astype(np.float64), dtype)
@@ -635,7 +635,7 @@ def test_next_tokens_defaults_differ(mode):
     pfa, _ = case.run(mode)
     fia_kwargs = translate(case.kwargs(), PFA, FIA)
     fia_kwargs["next_tokens"] = INT_MAX
-    fia, _ = run(mode, FIA, fia_kwargs)
+    fia, _ = run_op(mode, FIA, fia_kwargs)
     assert_close(to_numpy(pfa), case.expected()[0], "float16")
     assert_close(to_numpy(fia), case.expected(next_tokens=INT_MAX)[0], "float16")
     assert not np.allclose(to_numpy(pfa), to_numpy(fia), atol=1e-2)
