@@ -1,15 +1,16 @@
-// incre_flash_attention on CPU: the adapter from IncreFlashAttention's AOT parameters to
-// the attention core (attention/). Decode: one query position per batch and head; dense, paged, left-padded
-// and int8 caches, mask, pse_shift and int8 post-quantization are all the core's.
+// incre_flash_attention on CPU: the adapter from IncreFlashAttention's AOT parameters to the shared reading of
+// the attention family (attention/fused_inputs.h, whose decode branch is this operator) and the attention core.
+// Decode: one query position per batch and head; dense, paged, left-padded and int8 caches, mask, pse_shift and
+// int8 post-quantization.
 //
 // AOT parameters (kernel_abi.h, abi::incre_flash_attention): the 15 inputs in YAML order (an absent optional
 // input is a shape-(0,) tensor), the float64 attribute vector, the output. dequant_scale1, quant_scale1 and
 // dequant_scale2 are reserved: the Python side rejects them before any kernel runs, and the kernel ignores
-// them. A rejected input throws std::runtime_error from Prepare, before any computation.
+// them. A rejected input throws std::runtime_error before any computation.
 #include <cstdint>
 #include <vector>
 
-#include "attention/attention.h"
+#include "attention/fused_inputs.h"
 #include "attention/validate.h"
 #include "common.h"
 #include "infer_shape.h"
@@ -31,177 +32,66 @@ void CheckLimit(const char *what, int64_t value, int64_t limit) {
   }
 }
 
-struct Attributes {
-  int64_t num_heads = 0, kv_heads = 0, block_size = 0;
-  int layout = 0;
-  float scale = 1.f;
-};
-
-// num_key_value_heads arrives normalised by the Python side (0 already means num_heads).
-// Also marks the absent optional inputs, from the vector's presence flags.
-Attributes ReadAttributes(Arg *args) {
+// The attributes (num_key_value_heads arrives normalised: 0 already means num_heads) and the inputs by role;
+// also marks the absent optional inputs, from the vector's presence flags. Its actual_seq_lengths are the kv
+// lengths.
+FusedArgs ReadParameters(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes) {
+  FusedArgs a;
+  a.prim = kPrim;
+  a.names.seq_kv = "actual_seq_lengths";
+  Arg args[op::kNumParams];
+  ReadArgs(kPrim, op::kNumParams, nparam, params, ndims, shapes, dtypes, args);
   const double *v = ReadAttrs(kPrim, args[in::kAttrs], op::kAttrVectorSize, op::kPresenceOffset, args);
-  Attributes at;
-  at.num_heads = IntAttr(kPrim, v, attr::kNumHeads, "num_heads");
-  at.kv_heads = IntAttr(kPrim, v, attr::kNumKeyValueHeads, "num_key_value_heads");
-  at.layout = static_cast<int>(IntAttr(kPrim, v, attr::kInputLayout, "input_layout"));
-  at.block_size = IntAttr(kPrim, v, attr::kBlockSize, "block_size");
-  at.scale = static_cast<float>(v[attr::kScaleValue]);
-  if (at.num_heads <= 0 || at.kv_heads <= 0 || at.num_heads % at.kv_heads != 0) {
-    Fail(kPrim, "the 'num_heads' must be a positive multiple of 'num_key_value_heads', but got %lld and %lld.",
-         (long long)at.num_heads, (long long)at.kv_heads);
-  }
-  CheckLimit("the 'num_heads'", at.num_heads, limits::kMaxHeads);
-  CheckLimit("the ratio 'num_heads' / 'num_key_value_heads'", at.num_heads / at.kv_heads, limits::kMaxGroup);
-  if (at.layout != abi::kBsh && at.layout != abi::kBnsd && at.layout != abi::kBsnd) {
-    Fail(kPrim, "the 'input_layout' must be BSH, BNSD or BSND, but got %s (enum %d).", LayoutName(at.layout),
-         at.layout);
-  }
-  return at;
+  a.num_heads = IntAttr(kPrim, v, attr::kNumHeads, "num_heads");
+  a.kv_heads = IntAttr(kPrim, v, attr::kNumKeyValueHeads, "num_key_value_heads");
+  a.layout = static_cast<int>(IntAttr(kPrim, v, attr::kInputLayout, "input_layout"));
+  a.block_size = IntAttr(kPrim, v, attr::kBlockSize, "block_size");
+  a.scale = static_cast<float>(v[attr::kScaleValue]);
+  a.query = args[in::kQuery];
+  a.key = args[in::kKey];
+  a.value = args[in::kValue];
+  a.mask = args[in::kAttnMask];
+  a.seq_kv = args[in::kActualSeqLengths];
+  a.pse = args[in::kPseShift];
+  a.scale2 = args[in::kQuantScale2];
+  a.offset2 = args[in::kQuantOffset2];
+  a.antiquant_scale = args[in::kAntiquantScale];
+  a.antiquant_offset = args[in::kAntiquantOffset];
+  a.block_table = args[in::kBlockTable];
+  a.kv_pad = args[in::kKvPaddingSize];
+  a.out = args[in::kCount + op::out::kAttentionOut];
+  return a;
 }
 
-// query: (B, 1, H) BSH, (B, N, 1, D) BNSD or (B, 1, N, D) BSND, float16 or bfloat16.
-void ReadQuery(const Arg &q, const Attributes &at, Problem *p) {
-  CheckDType(kPrim, "query", q, {abi::kFloat16, abi::kBfloat16});
-  const DenseGeometry g = ReadDense(kPrim, "query", q, at.layout, at.num_heads);
+// What only IFA requires: its layouts, a query of one position, float16 / bfloat16, the documented limits.
+void CheckDecodeCall(const FusedArgs &a) {
+  if (a.num_heads > 0 && a.kv_heads > 0 && a.num_heads % a.kv_heads == 0) {
+    CheckLimit("the 'num_heads'", a.num_heads, limits::kMaxHeads);
+    CheckLimit("the ratio 'num_heads' / 'num_key_value_heads'", a.num_heads / a.kv_heads, limits::kMaxGroup);
+  }
+  if (a.layout != abi::kBsh && a.layout != abi::kBnsd && a.layout != abi::kBsnd) {
+    Fail(kPrim, "the 'input_layout' must be BSH, BNSD or BSND, but got %s (enum %d).", LayoutName(a.layout),
+         a.layout);
+  }
+  CheckDType(kPrim, "query", a.query, {abi::kFloat16, abi::kBfloat16});
+  if (a.num_heads <= 0) return;  // BuildFusedProblem names the problem
+  const DenseGeometry g = ReadDense(kPrim, "query", a.query, a.layout, a.num_heads);
   if (g.S != 1 || g.B <= 0 || g.D <= 0) {
     Fail(kPrim, "the 'query' must hold one position (S = 1) of a non-empty batch and head dim, but got shape %s.",
-         q.ShapeString().c_str());
+         a.query.ShapeString().c_str());
   }
   CheckLimit("the batch size B", g.B, limits::kMaxBatch);
   CheckLimit("the head dim D", g.D, limits::kMaxHeadDim);
-  p->B = g.B;
-  p->N = at.num_heads;
-  p->kvN = at.kv_heads;
-  p->G = at.num_heads / at.kv_heads;
-  p->D = g.D;
-  p->Sq = 1;
-  p->scale = at.scale;
-  p->q_dtype = q.dtype;
-  p->query = q.data;
-  p->q_numel = q.numel();
-  p->q_rows = g.rows;
-  p->q_start.assign(p->B, 0);
-  p->q_len.assign(p->B, 1);
 }
 
-// key / value: dense in the query's layout, or a paged cache with its block table; the query dtype, or int8
-// (dequantized with antiquant_scale / antiquant_offset).
-void ReadKeyValue(const Arg &k, const Arg &v, const Arg &block_table, const Attributes &at, Problem *p) {
-  CheckDType(kPrim, "key", k, {p->q_dtype, abi::kInt8});
-  CheckDTypeIs(kPrim, "value", v, k.dtype, "key");
-  CheckSameShape(kPrim, "key", k, "value", v);
-  KvCache &kv = p->kv;
-  kv.key = k.data;
-  kv.value = v.data;
-  kv.dtype = k.dtype;
-  kv.numel = k.numel();
-  if (block_table.present()) {
-    if (at.block_size <= 0) {
-      Fail(kPrim, "the 'block_size' must be positive with page attention, but got %lld.", (long long)at.block_size);
-    }
-    kv.paged = true;
-    kv.pages = ReadPagedCache(kPrim, "key", k, p->kvN, p->D, at.block_size);
-    ReadBlockTable(kPrim, "block_table", block_table, p->B, &kv.pages);
-    CheckLimit("the max_blocks_per_seq of 'block_table'", kv.pages.max_blocks, limits::kMaxBlocksPerSeq);
-    CheckLimit("the number of elements of the paged 'key'", k.numel(), INT32_MAX);
-    kv.stored_len = kv.pages.max_blocks * at.block_size;
+Problem Prepare(const FusedArgs &a) {
+  CheckDecodeCall(a);
+  Problem p = BuildFusedProblem(a);
+  if (p.kv.paged) {
+    CheckLimit("the max_blocks_per_seq of 'block_table'", p.kv.pages.max_blocks, limits::kMaxBlocksPerSeq);
   } else {
-    const DenseGeometry g = ReadDense(kPrim, "key", k, at.layout, p->kvN);
-    if (g.B != p->B || g.D != p->D) {
-      Fail(kPrim, "the 'key' must have the batch size %lld and head dim %lld of the 'query', but got shape %s.",
-           (long long)p->B, (long long)p->D, k.ShapeString().c_str());
-    }
-    CheckLimit("the key/value length S", g.S, limits::kMaxKvLength);
-    kv.rows = g.rows;
-    kv.stored_len = g.S;
+    CheckLimit("the key/value length S", p.kv.stored_len, limits::kMaxKvLength);
   }
-}
-
-// actual_seq_lengths (1 or B values in [0, S]; required with page attention) and kv_padding_size (left
-// padding; only together with actual_seq_lengths, and not with page attention).
-void ReadKvWindows(const Arg &seq, const Arg &pad, Problem *p) {
-  const KvCache &kv = p->kv;
-  p->kv_start.assign(p->B, 0);
-  if (seq.present()) {
-    p->kv_len = ReadSeqLengths(kPrim, "actual_seq_lengths", seq, p->B, kv.stored_len);
-  } else if (kv.paged) {
-    Fail(kPrim, "the 'actual_seq_lengths' is required with page attention.");
-  } else {
-    p->kv_len.assign(p->B, kv.stored_len);
-  }
-  if (pad.present() && seq.present()) {
-    if (kv.paged) Fail(kPrim, "the 'kv_padding_size' is not supported with page attention.");
-    ApplyLeftPadding(kPrim, "kv_padding_size", pad, kv.stored_len, &p->kv_start, &p->kv_len);
-  }
-}
-
-// attn_mask: bool / int8 / uint8, (B, S), (B, 1, S) or (B, 1, 1, S); one row per batch serves the single
-// query position, indexed by stored key position.
-void ReadMask(const Arg &m, Problem *p) {
-  CheckDType(kPrim, "attn_mask", m, {abi::kBool, abi::kInt8, abi::kUint8});
-  if (m.ndim < 2 || m.ndim > 4 || m.dim(0) != p->B || m.numel() != p->B * m.dim(-1)) {
-    Fail(kPrim, "the 'attn_mask' must be (B, S), (B, 1, S) or (B, 1, 1, S) with B = %lld, but got %s.",
-         (long long)p->B, m.ShapeString().c_str());
-  }
-  p->mask.data = m.data;
-  p->mask.numel = m.numel();
-  p->mask.batch = m.dim(-1);
-  p->mask.row = 0;
-  CheckCoversKeys(kPrim, "attn_mask", m.dim(-1), *p);
-}
-
-// pse_shift: (B or 1, N, 1, S) in the query dtype.
-void ReadPse(const Arg &a, Problem *p) {
-  if (p->D % 16 != 0) Fail(kPrim, "the 'pse_shift' needs the head dim D to be a multiple of 16, but got D=%lld.",
-                           (long long)p->D);
-  p->bias = ReadScoreBias(kPrim, "pse_shift", a, p->B, p->N, 1, p->q_dtype);
-  CheckCoversKeys(kPrim, "pse_shift", a.dim(3), *p);
-}
-
-// antiquant_scale / antiquant_offset: required with an int8 key/value, unused otherwise.
-void ReadKvAntiquant(const Arg &scale, const Arg &offset, Problem *p) {
-  if (p->kv.dtype != abi::kInt8) return;
-  if (!scale.present()) Fail(kPrim, "an int8 'key' and 'value' need an 'antiquant_scale'.");
-  p->kv.antiquant = ReadAntiquant(kPrim, scale, offset, p->q_dtype, p->kvN, p->D);
-}
-
-// The output has the query's shape and layout; the query dtype, or int8 with quant_scale2.
-void ReadOutput(const Arg &out, const Arg &query, const Arg &scale2, const Arg &offset2, Problem *p) {
-  if (scale2.present()) {
-    p->post_quant = ReadPostQuant(kPrim, "quant_scale2", "quant_offset2", scale2, offset2, p->N, p->D, false);
-    if (p->kv.paged && scale2.numel() != 1) {
-      Fail(kPrim, "per-channel post quantization ('quant_scale2' with N*D elements) is not supported with page "
-           "attention.");
-    }
-  }
-  const DType expected = p->post_quant.enabled() ? abi::kInt8 : p->q_dtype;
-  if (out.dtype != expected) {
-    Fail(kPrim, "the output must be %s, but got %s.", DTypeName(expected), DTypeName(out.dtype));
-  }
-  CheckSameShape(kPrim, "query", query, "output", out);
-  p->out = out.data;
-  p->out_dtype = out.dtype;
-  p->out_numel = out.numel();
-  p->out_rows = p->q_rows;
-}
-
-Problem Prepare(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes) {
-  Arg args[op::kNumParams];
-  ReadArgs(kPrim, op::kNumParams, nparam, params, ndims, shapes, dtypes, args);
-  const Attributes at = ReadAttributes(args);
-  Problem p;
-  ReadQuery(args[in::kQuery], at, &p);
-  ReadKeyValue(args[in::kKey], args[in::kValue], args[in::kBlockTable], at, &p);
-  ReadKvWindows(args[in::kActualSeqLengths], args[in::kKvPaddingSize], &p);
-  p.frame.q.assign(p.B, 0);  // mask and pse_shift: one row, indexed by stored key position
-  p.frame.k = p.kv_start;
-  if (args[in::kAttnMask].present()) ReadMask(args[in::kAttnMask], &p);
-  if (args[in::kPseShift].present()) ReadPse(args[in::kPseShift], &p);
-  ReadKvAntiquant(args[in::kAntiquantScale], args[in::kAntiquantOffset], &p);
-  ReadOutput(args[in::kCount + op::out::kAttentionOut], args[in::kQuery], args[in::kQuantScale2],
-             args[in::kQuantOffset2], &p);
-  CheckProblem(kPrim, p);
   return p;
 }
 
@@ -212,8 +102,9 @@ extern "C" int IncreFlashAttention(int nparam, void **params, int *ndims, int64_
                                    void *stream, void *extra) {
   (void)stream;
   (void)extra;
-  const msa::Problem problem = msa::Prepare(nparam, params, ndims, shapes, dtypes);  // throws on a bad input
-  msa::RunAttention(problem);
+  const msa::FusedArgs args = msa::ReadParameters(nparam, params, ndims, shapes, dtypes);
+  const msa::Problem problem = msa::Prepare(args);  // throws on a bad input
+  msa::RunFused(args, problem);
   return 0;
 }
 

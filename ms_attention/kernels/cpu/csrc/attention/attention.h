@@ -253,6 +253,7 @@ void AttendUnit(const Problem &p, const Unit &u, Scratch &sc, float *m, float *l
     bool any = false;
     for (int64_t r = 0; r < rows; ++r) any |= SoftmaxTile(sc.scores + r * kKeyTile, n, m + r, l + r, sc.corr + r);
     if (!any) continue;  // every key of the tile is masked for every row: its values are never needed
+    if (p.full_quant.enabled) continue;  // first pass: only m and l; QuantizedValues does the values
     if (p.kv.value_tokens.enabled()) ApplyValueTokens(p, u, j, n, sc, acc, lda);
     AccumulateTile(acc, lda, rows, sc.corr, sc.scores, kKeyTile, v, n, D, sc.row);
   }

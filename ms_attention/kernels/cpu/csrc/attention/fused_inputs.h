@@ -39,6 +39,7 @@ struct FusedNames {
   const char *value_scale = "value_antiquant_scale", *value_offset = "value_antiquant_offset";
   const char *key_mode = "key_antiquant_mode", *value_mode = "value_antiquant_mode";
   const char *num_heads = "num_heads";
+  const char *seq_q = "actual_seq_lengths", *seq_kv = "actual_seq_lengths_kv";
 };
 
 struct FusedArgs {
@@ -278,22 +279,23 @@ inline void ReadKeyValue(Context &c, Problem *p) {
 // actual_seq_lengths / actual_seq_lengths_kv, left padding, the shared prefix.
 inline void ReadWindows(Context &c, Problem *p) {
   const FusedArgs &a = c.a;
+  const FusedNames &nm = a.names;
   KvCache &kv = p->kv;
   if (c.tnd) {
-    if (!a.seq_q.present()) Fail(c.prim, "the 'actual_seq_lengths' is required in layout TND.");
-    ReadCumulative(c, "actual_seq_lengths", a.seq_q, p->Sq, &p->q_start, &p->q_len);
+    if (!a.seq_q.present()) Fail(c.prim, "the '%s' is required in layout TND.", nm.seq_q);
+    ReadCumulative(c, nm.seq_q, a.seq_q, p->Sq, &p->q_start, &p->q_len);
     p->B = static_cast<int64_t>(p->q_len.size());
-    if (!a.seq_kv.present()) Fail(c.prim, "the 'actual_seq_lengths_kv' is required in layout TND.");
+    if (!a.seq_kv.present()) Fail(c.prim, "the '%s' is required in layout TND.", nm.seq_kv);
     if (kv.paged) {
       ReadBlockTable(c.prim, "block_table", a.block_table, p->B, &kv.pages);
       kv.stored_len = kv.pages.max_blocks * a.block_size;
-      p->kv_len = ReadSeqLengths(c.prim, "actual_seq_lengths_kv", a.seq_kv, p->B, kv.stored_len);
+      p->kv_len = ReadSeqLengths(c.prim, nm.seq_kv, a.seq_kv, p->B, kv.stored_len);
       p->kv_start.assign(p->B, 0);
     } else {
-      ReadCumulative(c, "actual_seq_lengths_kv", a.seq_kv, c.T_kv, &p->kv_start, &p->kv_len);
+      ReadCumulative(c, nm.seq_kv, a.seq_kv, c.T_kv, &p->kv_start, &p->kv_len);
       if (static_cast<int64_t>(p->kv_len.size()) != p->B) {
-        Fail(c.prim, "the 'actual_seq_lengths_kv' must hold B = %lld values (as 'actual_seq_lengths') in layout "
-             "TND, but got %zu.", (long long)p->B, p->kv_len.size());
+        Fail(c.prim, "the '%s' must hold B = %lld values (as '%s') in layout TND, but got %zu.", nm.seq_kv,
+             (long long)p->B, nm.seq_q, p->kv_len.size());
       }
     }
     if (a.q_pad.present() || a.kv_pad.present()) {
@@ -302,13 +304,14 @@ inline void ReadWindows(Context &c, Problem *p) {
   } else {
     if (kv.paged) kv.stored_len = kv.pages.max_blocks * a.block_size;
     p->q_start.assign(p->B, 0);
-    p->q_len = a.seq_q.present() ? ReadSeqLengths(c.prim, "actual_seq_lengths", a.seq_q, p->B, p->Sq)
+    p->q_len = a.seq_q.present() ? ReadSeqLengths(c.prim, nm.seq_q, a.seq_q, p->B, p->Sq)
                                  : std::vector<int64_t>(p->B, p->Sq);
+    if (c.decode) p->q_len.assign(p->B, 1);  // the decode branch always computes its one position
     p->kv_start.assign(p->B, 0);
     if (a.seq_kv.present()) {
-      p->kv_len = ReadSeqLengths(c.prim, "actual_seq_lengths_kv", a.seq_kv, p->B, kv.stored_len);
+      p->kv_len = ReadSeqLengths(c.prim, nm.seq_kv, a.seq_kv, p->B, kv.stored_len);
     } else if (kv.paged) {
-      Fail(c.prim, "the 'actual_seq_lengths_kv' is required with page attention ('block_table' given).");
+      Fail(c.prim, "the '%s' is required with page attention ('block_table' given).", nm.seq_kv);
     } else {
       p->kv_len.assign(p->B, kv.stored_len);
     }
@@ -321,6 +324,11 @@ inline void ReadWindows(Context &c, Problem *p) {
       ApplyLeftPadding(c.prim, "kv_padding_size", a.kv_pad, kv.stored_len, &p->kv_start, &p->kv_len);
       c.padded = true;
     }
+  }
+  if (p->rope.key.paged) {  // key_rope shares the key's block table
+    p->rope.key.pages.block_table = kv.pages.block_table;
+    p->rope.key.pages.max_blocks = kv.pages.max_blocks;
+    p->rope.key.stored_len = kv.stored_len;
   }
   if (a.key_prefix.present() != a.value_prefix.present()) {
     Fail(c.prim, "the 'key_shared_prefix' and 'value_shared_prefix' must be given together.");
@@ -411,12 +419,11 @@ inline int64_t DecodeKeyExtent(const Problem &p) {
   return p.kv.paged || p.prefix.len > 0 ? MaxKeys(p) : KvExtent(p);
 }
 
-// Where window-relative (i, j) sit in the mask / pse: the stored frame in the decode branch and with left
-// padding in mode 0, else the window itself.
+// Where window-relative (i, j) sit in the mask / pse: their tensors are in the stored frame of query and key,
+// which differs from the window only under left padding. A TND batch's mask / pse is indexed by (i, j).
 inline void SetFrame(const Context &c, Problem *p) {
-  const bool stored = c.decode || (c.padded && c.a.sparse_mode == 0);
-  p->frame.q = stored ? p->q_start : std::vector<int64_t>(p->B, 0);
-  p->frame.k = stored ? p->kv_start : std::vector<int64_t>(p->B, 0);
+  p->frame.q = c.tnd ? std::vector<int64_t>(p->B, 0) : p->q_start;
+  p->frame.k = c.tnd ? std::vector<int64_t>(p->B, 0) : p->kv_start;
 }
 
 inline void ReadMask(const Context &c, Problem *p) {
@@ -505,27 +512,27 @@ inline void ReadPse(const Context &c, Problem *p) {
   bias.batch = a.dim(0) == 1 ? 0 : p->N * bias.head;
 }
 
-// A per-token scale or offset: float32 (B, S') covering every kv window (TND and paged: by the token's place in
-// its window).
+// A per-token scale or offset: float32 (B, S'), or the combined (2, B, S') whose plane `side` (0 key, 1 value)
+// is used, covering every kv window (TND and paged: by the token's place in its window).
 inline TokenScale ReadTokens(const Context &c, const Problem &p, const char *name, const Arg &scale,
-                             const char *offset_name, const Arg &offset, int64_t rows_before) {
+                             const char *offset_name, const Arg &offset, bool combined, int64_t side) {
   TokenScale ts;
   auto check = [&](const char *n, const Arg &x) {
     CheckDType(c.prim, n, x, {abi::kFloat32});
-    if (x.ndim != 2 + (rows_before > 0 ? 1 : 0) || x.dim(-2) != p.B || (rows_before > 0 && x.dim(0) != 2)) {
-      Fail(c.prim, "the per-token '%s' must be %s(B, S) float32 with B = %lld, but got %s.", n,
-           rows_before > 0 ? "(2, B, S) = stacked " : "", (long long)p.B, x.ShapeString().c_str());
+    if (x.ndim != (combined ? 3 : 2) || x.dim(-2) != p.B || (combined && x.dim(0) != 2)) {
+      Fail(c.prim, "the per-token '%s' must be %s float32 with B = %lld, but got %s.", n,
+           combined ? "(2, B, S)" : "(B, S)", (long long)p.B, x.ShapeString().c_str());
     }
   };
   check(name, scale);
   const int64_t S = scale.dim(-1), plane = p.B * S;
-  ts.scale = static_cast<const float *>(scale.data) + rows_before * plane;
+  ts.scale = static_cast<const float *>(scale.data) + side * plane;
   ts.numel = plane;
   ts.batch = S;
   if (offset.present()) {
     check(offset_name, offset);
     CheckSameShape(c.prim, name, scale, offset_name, offset);
-    ts.offset = static_cast<const float *>(offset.data) + rows_before * plane;
+    ts.offset = static_cast<const float *>(offset.data) + side * plane;
   }
   const bool stored = !c.tnd && !p.kv.paged;
   ts.origin = stored ? p.kv_start : std::vector<int64_t>(p.B, 0);
@@ -582,9 +589,9 @@ inline void ReadAntiquant(const Context &c, Problem *p) {
     } else if (a.antiquant_mode == 1) {
       if (has_prefix) Fail(c.prim, "per-token antiquant is not supported with a shared prefix.");
       p->kv.key_tokens = ReadTokens(c, *p, "antiquant_scale", a.antiquant_scale, "antiquant_offset",
-                                    a.antiquant_offset, 0);
+                                    a.antiquant_offset, true, 0);
       p->kv.value_tokens = ReadTokens(c, *p, "antiquant_scale", a.antiquant_scale, "antiquant_offset",
-                                      a.antiquant_offset, 1);
+                                      a.antiquant_offset, true, 1);
     } else {
       Fail(c.prim, "the 'antiquant_mode' must be 0 or 1, but got %lld.", (long long)a.antiquant_mode);
     }
@@ -617,7 +624,7 @@ inline void ReadAntiquant(const Context &c, Problem *p) {
       }
     } else if (s.mode == 1) {
       if (has_prefix) Fail(c.prim, "per-token antiquant is not supported with a shared prefix.");
-      *s.tokens = ReadTokens(c, *p, s.scale_name, s.scale, s.offset_name, s.offset, 0);
+      *s.tokens = ReadTokens(c, *p, s.scale_name, s.scale, s.offset_name, s.offset, false, 0);
     } else {
       Fail(c.prim, "the '%s' must be 0 or 1, but got %lld.", s.mode_name, (long long)s.mode);
     }
