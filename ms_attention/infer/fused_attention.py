@@ -229,10 +229,9 @@ class _Call:
         if (kp is None) != (vp is None):
             raise chk.runtime_error("the 'key_shared_prefix' and 'value_shared_prefix' must both be given or both "
                                     "be None.")
-        for c in ("kv_padding_size",):
-            if self.get(c) is not None:
-                raise chk.runtime_error(f"the shared prefix ('key_shared_prefix') is not supported with '{c}' "
-                                        f"(KV left padding).")
+        if self.get("kv_padding_size") is not None:
+            raise chk.runtime_error("the shared prefix ('key_shared_prefix') is not supported with "
+                                    "'kv_padding_size' (KV left padding).")
         if self.tnd:
             raise chk.runtime_error("the shared prefix ('key_shared_prefix') is not supported with input_layout "
                                     "TND.")
@@ -258,15 +257,15 @@ class _Call:
         for name, rope, base in (("query_rope", qr, q), ("key_rope", kr, k)):
             if not (rope.rank_known and base.rank_known):
                 continue
+            base_name = "query" if name == "query_rope" else "key"
             heads = self.n if name == "query_rope" else self.kvn
-            hidden_axis = self.in_layout == "BSH" and not (name == "key_rope" and self.paged and k.ndim == 4)
+            # the last axis holds heads * D_rope in a BSH tensor and in a (num_blocks, block_size, kvH) cache
+            hidden = k.ndim == 3 if name == "key_rope" and self.paged else self.in_layout == "BSH"
             last = rope.shape[-1]
-            if hidden_axis and known(last):     # (..., heads * D_rope)
-                last = last // heads if last % heads == 0 else -3
-            ok = rope.ndim == base.ndim and same_shape(rope.shape[:-1], base.shape[:-1]) and last != -3 and \
-                (last == UNKNOWN or last > 0) and same(last, d_rope)
-            if not ok:
-                base_name = "query" if name == "query_rope" else "key"
+            if hidden and known(last):
+                last = last // heads if last % heads == 0 else 0
+            if not (rope.ndim == base.ndim and same_shape(rope.shape[:-1], base.shape[:-1]) and last != 0
+                    and same(last, d_rope)):
                 raise chk.runtime_error(f"the shape of '{name}' must be that of '{base_name}' {base.shape} with the "
                                         f"head dim D_rope (the same for query and key) in place of D, but got "
                                         f"{rope.shape}.")

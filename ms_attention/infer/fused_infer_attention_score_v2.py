@@ -44,7 +44,8 @@ def check_attrs(num_query_heads: Any, num_key_value_heads: Any, softmax_scale: A
     pre_tokens = _chk.int_attr("pre_tokens", pre_tokens)
     next_tokens = _chk.int_attr("next_tokens", next_tokens)
     layout = geometry.layout_attr(_chk, input_layout, LAYOUTS)
-    num_heads, kv_heads = geometry.head_attrs(_chk, num_query_heads, num_key_value_heads, fused_attention.MAX_GROUP,
+    # no group limit: MLA-style calls have one KV head for up to 128 query heads
+    num_heads, kv_heads = geometry.head_attrs(_chk, num_query_heads, num_key_value_heads, None,
                                               heads_name="num_query_heads")
     sparse_mode = fused_attention.sparse_mode_attr(_chk, sparse_mode, "value_error")
     inner_precise = _chk.choice_attr("inner_precise", inner_precise, (0, 1, 2, 3))

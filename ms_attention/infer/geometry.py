@@ -74,8 +74,9 @@ def kv_geometry(chk: Checker, k: TensorMeta, layout: str, b: int, kvn: int, d: i
     if layout == "BSH":
         batch, s, hidden = k.shape
         if known(hidden) and hidden % kvn != 0:
-            raise chk.runtime_error(f"the hidden size kv_h of '{name}' must be divisible by 'num_key_value_heads', "
-                                    f"but got kv_h {hidden} and num_key_value_heads {kvn} (shape {k.shape}).")
+            raise chk.runtime_error(f"the shape of '{name}' must have a hidden size kv_h divisible by "
+                                    f"'num_key_value_heads', but got kv_h {hidden} and num_key_value_heads {kvn} "
+                                    f"(shape {k.shape}).")
         heads, head_dim = kvn, (hidden // kvn if known(hidden) else UNKNOWN)
     elif layout == "BNSD":
         batch, heads, s, head_dim = k.shape
@@ -85,13 +86,13 @@ def kv_geometry(chk: Checker, k: TensorMeta, layout: str, b: int, kvn: int, d: i
         s, heads, head_dim = k.shape
         batch = b
     if not same(batch, b):
-        raise chk.runtime_error(f"the batch axis of '{name}' must equal the batch of 'query' ({b}), but got shape "
-                                f"{k.shape}.")
+        raise chk.runtime_error(f"the shape of '{name}' must have the batch of 'query' ({b}) on its batch axis, "
+                                f"but got {k.shape}.")
     if not same(heads, kvn):
-        raise chk.runtime_error(f"the head axis kv_n of '{name}' must equal 'num_key_value_heads' ({kvn}), but got "
-                                f"{heads} (shape {k.shape}).")
+        raise chk.runtime_error(f"the shape of '{name}' must have kv_n equal to 'num_key_value_heads' ({kvn}) on its "
+                                f"head axis, but got {heads} (shape {k.shape}).")
     if not same(head_dim, d):
-        raise chk.runtime_error(f"the head dim D of '{name}' must equal that of 'query' ({d}), but got "
+        raise chk.runtime_error(f"the shape of '{name}' must have the head dim D of 'query' ({d}), but got "
                                 f"{head_dim} (shape {k.shape}).")
     return s
 

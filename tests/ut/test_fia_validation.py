@@ -344,6 +344,10 @@ V2_VALID = [
                                   dequant_scale_value=t((B, SKV), "float32", 1),
                                   key_quant_mode=1, value_quant_mode=1, actual_seq_lengths_kv=lengths([32, 7]))),
     ("quant_out", v2_base(quant_scale_out=t((N * D,), "float32", 1), quant_offset_out=t((N * D,), "float32"))),
+    ("tnd_paged_rope", v2_base(query=t((16, N, D)), key=t((4, BLOCK, KVN * D)), value=t((4, BLOCK, KVN * D)),
+                               query_rope=t((16, N, 16)), key_rope=t((4, BLOCK, KVN * 16)), input_layout="TND",
+                               block_table=Tensor(np.array([[0, 1], [2, 3]], np.int32)), block_size=BLOCK,
+                               actual_seq_lengths=lengths([10, 16]), actual_seq_lengths_kv=lengths([40, 20]))),
     ("num_key_value_heads_zero", v2_base(num_key_value_heads=0, key=t((B, SKV, N * D)), value=t((B, SKV, N * D)))),
 ]
 
@@ -394,3 +398,13 @@ def test_unused_block_table_entries_may_be_minus_one(mode):
 def test_primitive_attribute_errors_at_construction(cls, attrs, error, fragment):
     with pytest.raises(error, match=fragment):
         cls(**attrs)
+
+
+def test_v2_mla_style_single_kv_head_for_many_query_heads(mode):
+    """v2 has no N / kvN limit: 128 query heads over one KV head with rope (fused_infer_attention_score keeps
+    its documented limit of 64)."""
+    kwargs = v2_base(query=t((1, 2, 128, 64)), key=t((1, 16, 1, 64)), value=t((1, 16, 1, 64)), input_layout="BSND",
+                     num_query_heads=128, num_key_value_heads=1, query_rope=t((1, 2, 128, 16)),
+                     key_rope=t((1, 16, 1, 16)))
+    out, _ = run(mode, ops.fused_infer_attention_score_v2, kwargs)
+    assert out.shape == (1, 2, 128, 64)
