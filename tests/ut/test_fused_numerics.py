@@ -222,6 +222,15 @@ def test_left_padding(mode, name, sparse_mode):
         assert np.all(out[1] == 0)
 
 
+def test_decode_branch_kv_padding_ignores_query_padding(mode):
+    """Sq = 1: kv left padding as in incre_flash_attention; query_padding_size has nothing to move."""
+    case = Case(FIA, b=2, n=8, kvn=2, sq=1, skv=30, d=32, layout="BNSD")
+    case.set_lengths(kv=[20, 9])
+    case.add("kv_padding_size", np.array([4]), "int64")
+    case.add("query_padding_size", np.array([3]), "int64")
+    case.check(mode, lse=True)
+
+
 # ---- paged attention -----------------------------------------------------------------------------------------
 
 PAGED = [("BnBsH", "BSH"), ("BnBsH", "BSND"), ("BnNBsD", "BNSD"), ("BnNBsD", "BNSD_BSND"), ("BnBsH", "TND")]
@@ -451,10 +460,12 @@ def test_learnable_sink(mode, dtype, sink_dtype, sq):
     mask[1, 0, 0] = True
     case.add_mask(mask, "bool")
     case.attrs["sparse_mode"] = 1
-    case.set_lengths(kv=[20, 12])
+    case.set_lengths(q=None if sq == 1 else [sq, sq - 2], kv=[20, 12])
     out, lse = case.check(mode, lse=True)
     assert np.all(out[1, :, 0] == 0)
     np.testing.assert_allclose(lse[1, :, 0, 0], sink, rtol=1e-6)
+    if sq > 1:                                      # rows past q_b: not computed, lse +inf despite the sink
+        assert np.all(np.isposinf(lse[1, :, sq - 2:]))
 
 
 @pytest.mark.parametrize("layout", ["BNSD", "BSND", "TND"])
