@@ -3,7 +3,6 @@ one axis per feature, in PyNative, Graph and jit; then the three operators (and 
 each other on the inputs they share."""
 import numpy as np
 import pytest
-from mindspore import Tensor
 
 import ifa_cases
 from ifa_cases import TOLERANCE
