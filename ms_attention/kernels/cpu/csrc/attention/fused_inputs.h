@@ -426,6 +426,9 @@ inline void SetFrame(const Context &c, Problem *p) {
   p->frame.k = c.tnd ? std::vector<int64_t>(p->B, 0) : p->kv_start;
 }
 
+// The user mask. Decode: one row per batch, (B|1, S), (B|1, 1, S) or (B|1, 1, 1, S). Sparse modes 2-4: the
+// compressed mask, whose contents do not matter (not read). Modes 0/1: (Sq, S), (1, Sq, S), (B, Sq, S),
+// (B, 1, Sq, S) or (1, 1, Sq, S), whose last axes may be larger than needed (the top-left corner is used).
 inline void ReadMask(const Context &c, Problem *p) {
   const FusedArgs &a = c.a;
   const Arg &m = a.mask;
@@ -436,12 +439,12 @@ inline void ReadMask(const Context &c, Problem *p) {
   } else {
     CheckDType(c.prim, name, m, {abi::kBool, abi::kInt8, abi::kUint8});
   }
-  Mask &mask = p->mask;
-  mask.data = m.data;
-  mask.additive = m.dtype == abi::kFloat16;
-  mask.numel = m.numel();
   const int64_t B = p->B;
-  if (c.decode) {  // (B|1, S), (B|1, 1, S), (B|1, 1, 1, S): one row per batch
+  const bool per_batch = m.ndim > 2 && m.dim(0) == B && B > 1;
+  int64_t rows = 0, cols = 0;
+  NeededExtent(c, *p, &rows, &cols);
+  Mask &mask = p->mask;
+  if (c.decode) {
     bool ok = m.ndim >= 2 && m.ndim <= 4 && (m.dim(0) == B || m.dim(0) == 1);
     for (int d = 1; ok && d < m.ndim - 1; ++d) ok = m.dim(d) == 1;
     if (!ok) {
@@ -450,7 +453,8 @@ inline void ReadMask(const Context &c, Problem *p) {
     }
     mask.row = 0;
     mask.batch = m.dim(0) == B && B > 1 ? m.dim(-1) : 0;
-  } else if (a.sparse_mode >= 2) {  // the compressed mask: its contents do not matter
+    cols = DecodeKeyExtent(*p);
+  } else if (a.sparse_mode >= 2) {
     const bool ok = (m.ndim == 2 || (m.ndim == 3 && m.dim(0) == 1) ||
                      (m.ndim == 4 && m.dim(1) == 1 && (m.dim(0) == 1 || (a.pfa && m.dim(0) == B)))) &&
                     m.dim(-1) == kCompressedMask && m.dim(-2) == kCompressedMask;
@@ -458,31 +462,28 @@ inline void ReadMask(const Context &c, Problem *p) {
       Fail(c.prim, "the '%s' shape is not valid: sparse_mode %lld takes the compressed (2048, 2048), (1, 2048, 2048) "
            "or (1, 1, 2048, 2048) mask, but got %s.", name, (long long)a.sparse_mode, m.ShapeString().c_str());
     }
-    mask = Mask{};
     return;
-  } else {  // (Sq, S), (1, Sq, S), (B, Sq, S), (B, 1, Sq, S), (1, 1, Sq, S)
+  } else {
     const bool ok = m.ndim == 2 || (m.ndim == 3 && (m.dim(0) == 1 || m.dim(0) == B)) ||
                     (m.ndim == 4 && m.dim(1) == 1 && (m.dim(0) == 1 || m.dim(0) == B));
     if (!ok) {
       Fail(c.prim, "the '%s' shape is not valid: it must be (Sq, S), (1, Sq, S), (B, Sq, S), (B, 1, Sq, S) or "
            "(1, 1, Sq, S) with B = %lld, but got %s.", name, (long long)B, m.ShapeString().c_str());
     }
-    mask.row = m.dim(-1);
-    mask.batch = m.ndim > 2 && m.dim(0) == B && B > 1 ? m.dim(-2) * m.dim(-1) : 0;
-    int64_t rows = 0, cols = 0;
-    NeededExtent(c, *p, &rows, &cols);
     if (m.dim(-2) < rows) {
       Fail(c.prim, "the '%s' shape is not valid: its query axis (%lld) must cover the %lld query positions.", name,
            (long long)m.dim(-2), (long long)rows);
     }
+    mask.row = m.dim(-1);
+    mask.batch = per_batch ? m.dim(-2) * m.dim(-1) : 0;
   }
-  int64_t rows = 0, cols = 0;
-  NeededExtent(c, *p, &rows, &cols);
-  if (c.decode) cols = DecodeKeyExtent(*p);
   if (m.dim(-1) < cols) {
     Fail(c.prim, "the '%s' shape is not valid: its last axis (%lld) must cover the %lld key positions.", name,
          (long long)m.dim(-1), (long long)cols);
   }
+  mask.data = m.data;
+  mask.additive = m.dtype == abi::kFloat16;
+  mask.numel = m.numel();
 }
 
 // pse_shift (B|1, N, Sq', S') in the query dtype (float16 with an int8 query).
