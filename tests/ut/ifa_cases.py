@@ -10,7 +10,7 @@ from ms_attention.kernels.reference.incre_flash_attention import incre_flash_att
 TOLERANCE = {"float16": (0.005, 2.5e-5), "bfloat16": (0.0078125, 1e-4)}
 WORST_CASE_FACTOR = 4
 MS_DTYPE = {"float16": ms.float16, "bfloat16": ms.bfloat16, "int8": ms.int8, "bool": ms.bool_, "uint8": ms.uint8,
-            "int32": ms.int32, "int64": ms.int64, "float32": ms.float32}
+            "int32": ms.int32, "int64": ms.int64, "float32": ms.float32, "uint64": ms.uint64}
 _OP = opdef.get("incre_flash_attention")
 TENSOR_INPUTS = tuple(a.name for a in _OP.inputs)                        # primitive input order, from the YAML
 ATTR_DEFAULTS = {a.name: a.default for a in _OP.init_args}
