@@ -201,6 +201,15 @@ def test_post_quant(mode, per_channel):
     case.check(mode, out_dtype="int8")
 
 
+def test_bf16_post_quant_with_bf16_scale_and_float32_antiquant(mode):
+    case = FusedCase("fia", layout="BSH", sq=16, dtype="bfloat16", kv_dtype="int8", seed=22)
+    case.add("antiquant_scale", case.rng.uniform(0.005, 0.02, (2, 2 * 32)), "float32")
+    case.add("quant_scale2", case.rng.uniform(50, 150, (4 * 32,)), "bfloat16")
+    case.attrs.update(sparse_mode=3, softmax_lse_flag=True)
+    case.add("atten_mask", np.triu(np.ones((2048, 2048)), 1), "bool")
+    case.check(mode, out_dtype="int8")
+
+
 @pytest.mark.parametrize("op,scale_dtype,post", [("pfa", "float32", False), ("fia", "uint64", False),
                                                   ("pfa", "float32", True)])
 def test_full_quant(mode, op, scale_dtype, post):

@@ -139,7 +139,7 @@ struct Problem {
   const void *query = nullptr;
   int64_t q_numel = 0;
   RowStrides q_rows;
-  void *out = nullptr;  // out_dtype: the query dtype, or int8 with post_quant
+  void *out = nullptr;  // out_dtype: the query dtype (float16 under full quant), or int8 with post_quant
   int64_t out_numel = 0;
   RowStrides out_rows;
   float *lse = nullptr;  // optional: m + log(l) per row, element lse_rows.At(b, h, i); +inf for rows not computed
@@ -151,7 +151,7 @@ struct Problem {
   // an adapter whose output has such rows zeroes them itself (decode has none).
   std::vector<int64_t> q_start, q_len, kv_start, kv_len;
 
-  Frame frame;  // where window-relative (i, j) sit in the mask and the bias; empty when neither is given
+  Frame frame;  // where window-relative (i, j) sit in the mask and the bias (sized B when either is given)
   Mask mask;
   ScoreBias bias;
   Band band;

@@ -268,13 +268,14 @@ inline ScoreBias ReadScoreBias(const char *prim, const char *name, const Arg &a,
   return bias;
 }
 
-// Combined antiquant scale / offset of int8 key and value (row 0 key, row 1 value), in the query dtype:
+// Combined antiquant scale / offset of int8 key and value (row 0 key, row 1 value), in the query dtype (or
+// float32):
 // per tensor (2,) or per channel with 2 * kvN * D values ((2, kvN, 1, D), (2, kvN, D), (2, kvN * D)).
 inline Antiquant ReadAntiquant(const char *prim, const Arg &scale, const Arg &offset, DType q_dtype, int64_t kvN,
                                int64_t D) {
   const int64_t width = kvN * D;
   auto read = [&](const Arg &a, const char *name, std::vector<float> *key, std::vector<float> *value) {
-    CheckDTypeIs(prim, name, a, q_dtype, "query");
+    CheckDType(prim, name, a, {q_dtype, abi::kFloat32});
     const int64_t n = a.numel();
     if (n != 2 && n != 2 * width) {
       Fail(prim, "the '%s' must hold 2 (per tensor) or %lld (per channel) values, but got shape %s.", name,
