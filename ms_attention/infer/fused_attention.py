@@ -348,8 +348,12 @@ class _Call:
             if self.decode or not self.prefill:
                 fits.append(ifa.decode_mask_fits(mask.shape, b, skv, self.paged))
                 forms.append(ifa.decode_mask_forms(b, skv, self.paged) + " (query length 1)")
-                fits.append(masks.prefill_mask_fits(mask.shape, b, 1, skv))
-                forms.append(masks.prefill_mask_forms(b, 1, skv))
+                if mask.ndim >= 2 and mask.shape[0] == 1:     # one row for every batch
+                    fits.append(ifa.decode_mask_fits((b,) + tuple(mask.shape[1:]), b, skv, self.paged))
+                if mode in masks.BAND_MODES:   # the compressed mask of a causal/band network, ignored by decode
+                    fits.append(masks.compressed_mask_fits(mask.shape, b, self.rules.batched_compressed_mask))
+                    forms.append(masks.compressed_mask_forms(self.rules.batched_compressed_mask) +
+                                 f" (compressed mask of sparse_mode {mode}, ignored for a query of length 1)")
             if not self.decode:
                 if mode in masks.BAND_MODES:
                     fits.append(masks.compressed_mask_fits(mask.shape, b, self.rules.batched_compressed_mask))

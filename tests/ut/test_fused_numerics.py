@@ -181,6 +181,20 @@ def test_decode_branch_masks_and_ignored_sparse_mode(mode):
         case.check(mode, lse=True)
 
 
+@pytest.mark.parametrize("sparse_mode", [2, 3, 4])
+def test_decode_branch_ignores_the_compressed_mask(mode, sparse_mode):
+    """A causal/band network passes its compressed 2048 x 2048 mask on every step; with Sq = 1 the sparse mode it
+    stands for is ignored, so the mask is too, even past 2048 keys."""
+    case = Case(FIA, b=2, n=4, kvn=2, sq=1, skv=2100, d=32, layout="BNSD")
+    case.add_mask(np.triu(np.ones((2048, 2048), np.bool_), 1), "bool")
+    case.set_lengths(kv=[2100, 700])
+    case.attrs["sparse_mode"] = sparse_mode
+    out, _ = case.check(mode)
+    case.remove(case.mask_name)
+    unmasked, _ = case.check(mode)
+    np.testing.assert_array_equal(out, unmasked)
+
+
 # ---- pse_shift, padding --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("op,batch,dtype", [(PFA, 1, "float16"), (PFA, 2, "bfloat16"), (FIA, 2, "float16"),

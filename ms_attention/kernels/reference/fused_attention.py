@@ -314,7 +314,9 @@ def fused_attention(query, key, value, *, query_rope=None, key_rope=None, pse_sh
         if decode:
             discard = np.zeros((1, total_kv), bool)
             add = None
-            if attn_mask is not None:                   # one row per batch, or one for every batch
+            compressed = attn_mask is not None and sparse_mode in (2, 3, 4) and \
+                np.asarray(attn_mask).shape[-2:] == (2048, 2048)
+            if attn_mask is not None and not compressed:   # one row per batch, or one for every batch
                 mask = np.asarray(attn_mask)
                 rows_of_mask = mask.reshape(-1, mask.shape[-1])
                 row = rows_of_mask[b if rows_of_mask.shape[0] > 1 else 0][columns]

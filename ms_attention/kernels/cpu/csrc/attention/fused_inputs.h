@@ -426,8 +426,9 @@ inline void SetFrame(const Context &c, Problem *p) {
   p->frame.k = c.tnd ? std::vector<int64_t>(p->B, 0) : p->kv_start;
 }
 
-// The user mask. Decode: one row per batch, (B|1, S), (B|1, 1, S) or (B|1, 1, 1, S). Sparse modes 2-4: the
-// compressed mask, whose contents do not matter (not read). Modes 0/1: (Sq, S), (1, Sq, S), (B, Sq, S),
+// The user mask. Decode: one row per batch, (B|1, S), (B|1, 1, S) or (B|1, 1, 1, S); with sparse modes 2-4 a
+// compressed mask is also accepted and ignored (decode ignores the sparse mode the mask stands for). Sparse
+// modes 2-4: the compressed mask, whose contents do not matter (not read). Modes 0/1: (Sq, S), (1, Sq, S), (B, Sq, S),
 // (B, 1, Sq, S) or (1, 1, Sq, S), whose last axes may be larger than needed (the top-left corner is used).
 inline void ReadMask(const Context &c, Problem *p) {
   const FusedArgs &a = c.a;
@@ -444,6 +445,10 @@ inline void ReadMask(const Context &c, Problem *p) {
   int64_t rows = 0, cols = 0;
   NeededExtent(c, *p, &rows, &cols);
   Mask &mask = p->mask;
+  const bool compressed_shape = (m.ndim == 2 || (m.ndim == 3 && m.dim(0) == 1) ||
+                                 (m.ndim == 4 && m.dim(1) == 1 && (m.dim(0) == 1 || (a.pfa && m.dim(0) == B)))) &&
+                                m.dim(-1) == kCompressedMask && m.dim(-2) == kCompressedMask;
+  if (c.decode && a.sparse_mode >= 2 && compressed_shape) return;  // a causal/band network's compressed mask
   if (c.decode) {
     bool ok = m.ndim >= 2 && m.ndim <= 4 && (m.dim(0) == B || m.dim(0) == 1);
     for (int d = 1; ok && d < m.ndim - 1; ++d) ok = m.dim(d) == 1;
@@ -455,10 +460,7 @@ inline void ReadMask(const Context &c, Problem *p) {
     mask.batch = m.dim(0) == B && B > 1 ? m.dim(-1) : 0;
     cols = DecodeKeyExtent(*p);
   } else if (a.sparse_mode >= 2) {
-    const bool ok = (m.ndim == 2 || (m.ndim == 3 && m.dim(0) == 1) ||
-                     (m.ndim == 4 && m.dim(1) == 1 && (m.dim(0) == 1 || (a.pfa && m.dim(0) == B)))) &&
-                    m.dim(-1) == kCompressedMask && m.dim(-2) == kCompressedMask;
-    if (!ok) {
+    if (!compressed_shape) {
       Fail(c.prim, "the '%s' shape is not valid: sparse_mode %lld takes the compressed (2048, 2048), (1, 2048, 2048) "
            "or (1, 1, 2048, 2048) mask, but got %s.", name, (long long)a.sparse_mode, m.ShapeString().c_str());
     }
