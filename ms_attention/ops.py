@@ -194,23 +194,184 @@ def fused_infer_attention_score(query, key, value, *, pse_shift=None, atten_mask
     input_layout='BSH', num_key_value_heads=0, sparse_mode=0, inner_precise=1, block_size=0, antiquant_mode=0,
     key_antiquant_mode=0, value_antiquant_mode=0, softmax_lse_flag=False):
     r"""
-    Fused inference attention: the prompt branch for Sq > 1, the incremental branch (sparse_mode and
-    pre/next tokens ignored) for Sq = 1. Adds `softmax_lse_flag`, per-token antiquant (`antiquant_mode`,
-    `key_/value_antiquant_*`), query and kv left padding, shared prefix.
+    Fused inference attention (prefill and decode in one operator), the CPU twin of MindSpore's Ascend-only
+    operator; returns the output and, on request, the softmax log-sum-exp.
 
-    Constraints: keywords are `atten_mask` and `scale` (the primitive calls them attn_mask and scale_value);
-    sparse_mode 0-4; actual_seq_lengths_kv is mandatory with block_table.
+    For each batch b, query head h (reading KV head h // (N / kvN)) and query row i of the batch's window:
+    ``S[i, j] = scale * Q[i]·K[j] + pse_shift[i, j]``, ``S[i, j] = -inf`` where the mask or the sparse mode
+    discards (i, j), ``O[i] = Σ_j exp(S[i, j] - m) V[j] / l`` with ``l = Σ_j exp(S[i, j] - m)``, and
+    ``softmax_lse[i] = m + log(l)``, with float32 accumulation. B batch, N query heads (`num_heads`), kvN
+    key/value heads (`num_key_value_heads`, 0 means N), Sq / Skv the stored query / key lengths, D head dim,
+    H = N·D, kvH = kvN·D, T / T_kv the token counts of TND, P the shared prefix length.
+
+    A query of stored length Sq = 1 (not TND) is a decode step and follows incre_flash_attention: `sparse_mode`,
+    `pre_tokens`, `next_tokens`, `actual_seq_lengths` and `query_padding_size` are ignored. Any other query is a
+    prefill with a computed band per batch, on window-relative (i, j) with d = kv_b - q_b (kv_b counts the
+    shared prefix): sparse_mode 0 with no mask, nothing is discarded; 0 with a mask, ``mask[i, j]`` or
+    ``j - i > next_tokens`` or ``i - j > pre_tokens``; 1, ``mask[i, j]``; 2, ``j > i``; 3, ``j > i + d``; 4,
+    ``j - i > next_tokens + d`` or ``j - i < d - pre_tokens``. A mask and `pse_shift` are indexed in the stored
+    (padded) frame of their tensors, which is the window-relative position unless left padding moves the
+    window; in TND by the positions inside each batch. A row with no visible key, a row past the batch's query
+    length and a batch of length 0 give output 0 and lse +inf.
+
+    Full quantization (int8 query, key and value): ``S = (Q·Kᵀ) * dequant_scale1 * scale`` (+ pse / mask),
+    ``P = softmax(S)``, ``P8 = sat_int8(round_half_even(P * quant_scale1))``, ``O = (P8·V) * dequant_scale2``.
+
+    Args:
+        query (Tensor): float16, bfloat16, or int8 (full quantization, prefill only). Shape (B, Sq, H) for BSH,
+            (B, N, Sq, D) for BNSD and BNSD_BSND, (B, Sq, N, D) for BSND, (T, N, D) for TND. N <= 256,
+            D <= 512; a decode step also needs B <= 65535.
+        key (Union[Tensor, tuple[Tensor], list[Tensor]]): the query dtype, or int8 with antiquant scales or
+            full quantization. Shape (B, Skv, kvH) / (B, kvN, Skv, D) / (B, Skv, kvN, D) / (T_kv, kvN, D); with
+            `block_table` a paged cache (num_blocks, block_size, kvH), or (num_blocks, kvN, block_size, D) with
+            BNSD / BNSD_BSND. A list or tuple holds exactly one Tensor.
+        value (Union[Tensor, tuple[Tensor], list[Tensor]]): the dtype and shape of `key`.
+
+    Keyword Args:
+        pse_shift (Tensor, optional): position bias added after the scale, float16 (with a float16 or int8
+            query) or bfloat16 (with a bfloat16 query). Prefill: (B, N, Sq, Skv) or (1, N, Sq, Skv), the last
+            two axes at least the stored lengths (P + Skv with a shared prefix). Decode: also (B, N, 1, Skv) or
+            (1, N, 1, Skv), and D must be a multiple of 16. Not with TND. Default: ``None``.
+        atten_mask (Tensor, optional): bool, int8 or uint8; nonzero discards a position. Prefill, sparse_mode
+            0 and 1: (Sq, Skv), (1, Sq, Skv), (B, Sq, Skv), (B, 1, Sq, Skv) or (1, 1, Sq, Skv), the last two axes
+            at least the stored lengths (the top-left corner is used), the key axis covering P + Skv with a shared
+            prefix and the longest sequence with page attention; in TND they cover the longest batch. Prefill,
+            sparse_mode 2-4: optional, the compressed (2048, 2048), (1, 2048, 2048) or (1, 1, 2048, 2048) mask,
+            whose contents are not read. Decode: (B, Skv), (B, 1, Skv), (B, 1, 1, Skv), or the same with a
+            leading 1 (one row for every batch); with sparse_mode 2-4 a compressed mask is also accepted and
+            ignored. Default: ``None``.
+        actual_seq_lengths (Union[Tensor, tuple[int], list[int]], optional): valid query length of each batch,
+            int32 or int64, length 1 (applies to every batch) or B, each in [0, Sq]. TND (mandatory): cumulative
+            lengths without a leading 0, non-decreasing, the last equal to T; B is their count.
+            Default: ``None`` (Sq).
+        actual_seq_lengths_kv (Union[Tensor, tuple[int], list[int]], optional): valid key/value length of each
+            batch, as `actual_seq_lengths`, each in [0, Skv]. Mandatory with `block_table` (per batch, at most
+            max_blocks_per_seq * block_size) and with TND (cumulative, the last equal to T_kv, B entries; per
+            batch with page attention). Default: ``None`` (Skv).
+        dequant_scale1 (Tensor, optional): full quantization, dequantizes Q·Kᵀ. Shape (1,), float32 or uint64
+            (a uint64 holds the float32 bit pattern in its low 32 bits). Default: ``None``.
+        quant_scale1 (Tensor, optional): full quantization, quantizes the softmax to int8. Shape (1,), float32.
+            Default: ``None``.
+        dequant_scale2 (Tensor, optional): full quantization, dequantizes P8·V. Shape (1,), float32 or uint64.
+            The three full-quantization scales are mandatory with an int8 query. Default: ``None``.
+        quant_scale2 (Tensor, optional): post-quantization scale: the output becomes int8,
+            ``sat_int8(round_half_even(O * quant_scale2 + quant_offset2))``. float32 (or bfloat16 with a
+            bfloat16 query); 1 element (per tensor) or N·D elements (per channel, indexed as (head, dim); not in
+            a paged decode step). Default: ``None``.
+        quant_offset2 (Tensor, optional): the dtype and size of `quant_scale2`. Default: ``None`` (0).
+        antiquant_scale (Tensor, optional): int8 key/value are dequantized as ``(x + offset) * scale``; row 0
+            for key, row 1 for value. `antiquant_mode` 0: (2,) per tensor, or per channel (2, kvN, 1, D) BNSD,
+            (2, kvN, D) BSND / TND, (2, kvH) BSH, the query dtype or float32. `antiquant_mode` 1: per token
+            (2, B, S) float32, S covering the key positions read. Default: ``None``.
+        antiquant_offset (Tensor, optional): the shape of `antiquant_scale`. Default: ``None`` (0).
+        key_antiquant_scale (Tensor, optional): separate key scale (not with `antiquant_scale`).
+            `key_antiquant_mode` 0: per channel (kvN, 1, D), (kvN, D) or (kvH,), or per tensor (1,), the query
+            dtype or float32; 1: per token (B, S) float32. Default: ``None``.
+        key_antiquant_offset (Tensor, optional): the shape of `key_antiquant_scale`. Default: ``None`` (0).
+        value_antiquant_scale (Tensor, optional): separate value scale, as `key_antiquant_scale` with
+            `value_antiquant_mode`; given together with `key_antiquant_scale`. Default: ``None``.
+        value_antiquant_offset (Tensor, optional): the shape of `value_antiquant_scale`; given together with
+            `key_antiquant_offset`. Default: ``None`` (0).
+        block_table (Tensor, optional): int32 (B, max_blocks_per_seq), max_blocks_per_seq <= 16384; page
+            attention reads token t of batch b at block ``block_table[b, t // block_size]``. Entries past
+            ceil(actual_seq_lengths_kv[b] / block_size) are not read. Not with left padding or a shared prefix.
+            Default: ``None``.
+        query_padding_size (Tensor, optional): int32 or int64, shape () or (1,): query left padding, used with
+            `actual_seq_lengths` (ignored without them, and in a decode step): batch b's rows are
+            [Sq - pad - q_b, Sq - pad). Default: ``None``.
+        kv_padding_size (Tensor, optional): int32 or int64, shape () or (1,): key/value left padding, used with
+            `actual_seq_lengths_kv` (ignored without them): batch b's keys are [Skv - pad - kv_b, Skv - pad).
+            A negative pad counts as 0; a window starting below 0 gives zeros. With left padding, sparse_mode 0
+            ignores `pre_tokens` and `next_tokens`. Not with page attention, TND or a shared prefix.
+            Default: ``None``.
+        key_shared_prefix (Tensor, optional): keys shared by every batch, placed before each batch's keys; the
+            key's dtype, batch 1 in the key's layout: (1, Sp, kvH), (1, kvN, Sp, D) or (1, Sp, kvN, D). Not with
+            page attention, TND, `kv_padding_size` or per-token antiquant. Default: ``None``.
+        value_shared_prefix (Tensor, optional): the shape and dtype of `key_shared_prefix`; both or neither.
+            Default: ``None``.
+        actual_shared_prefix_len (Union[Tensor, tuple[int], list[int]], optional): one value P in [0, Sp]: the
+            prefix keys used. Default: ``None`` (Sp).
+        num_heads (int): N, greater than 0. Default: ``1``.
+        scale (float): the score scale, typically 1/sqrt(D). Default: ``1.0``.
+        pre_tokens (int): keys before the diagonal a row may see (sparse_mode 0 with a mask, and 4).
+            Default: ``2147483647``.
+        next_tokens (int): keys after the diagonal a row may see (sparse_mode 0 with a mask, and 4).
+            Default: ``2147483647``.
+        input_layout (str): ``'BSH'``, ``'BNSD'``, ``'BSND'``, ``'TND'`` or ``'BNSD_BSND'`` (BNSD inputs, BSND
+            output), case-insensitive. Default: ``'BSH'``.
+        num_key_value_heads (int): kvN, >= 0 (0 means N); N must be a multiple of it and N / kvN <= 64.
+            Default: ``0``.
+        sparse_mode (int): 0, 1, 2, 3 or 4 (see above). Default: ``0``.
+        inner_precise (int): 0 to 3; every value computes in float32 here. Default: ``1``.
+        block_size (int): tokens per block with page attention, a positive multiple of 16 (32 for an int8
+            cache), equal to the cache's block axis. Default: ``0``.
+        antiquant_mode (int): 0 (per tensor / per channel) or 1 (per token) for `antiquant_scale`.
+            Default: ``0``.
+        key_antiquant_mode (int): 0 or 1, for `key_antiquant_scale`. Default: ``0``.
+        value_antiquant_mode (int): 0 or 1, for `value_antiquant_scale`. Default: ``0``.
+        softmax_lse_flag (bool): whether `softmax_lse` is computed. Default: ``False``.
 
     Returns:
-        tuple(attention_out, softmax_lse): softmax_lse is float32 (B, N, Sq, 1), or a (1,) zero tensor when
-        `softmax_lse_flag` is False.
+        A tuple (attention_out, softmax_lse).
+
+        - attention_out (Tensor): the shape of `query`, except BNSD_BSND: (B, Sq, N, D). The query dtype,
+          int8 with `quant_scale2`, float16 for an int8 query without `quant_scale2`.
+        - softmax_lse (Tensor): float32, (B, N, Sq, 1) (BNSD_BSND included), (T, N, 1) for TND; +inf for rows
+          not computed. With `softmax_lse_flag` False: shape (1,), value 0.
+
+    Raises:
+        TypeError: dtype of `query` is not float16, bfloat16 or int8 (int8 not for a decode step).
+        TypeError: `key` and `value` don't have the same dtype, or their dtype is neither the query's nor int8
+            with antiquant or full quantization.
+        TypeError: dtype of `atten_mask`, `pse_shift`, a quantization scale or offset, a sequence length,
+            `block_table` (int32), a padding size, the shared prefix is not valid.
+        TypeError: an attribute has the wrong type (`num_heads`, `pre_tokens`, ... not int, `scale` not a
+            float, `input_layout` not a str, `softmax_lse_flag` not a bool).
+        ValueError: `input_layout` is not BSH, BNSD, BSND, TND or BNSD_BSND.
+        ValueError: `sparse_mode` is not 0, 1, 2, 3 or 4.
+        ValueError: `inner_precise` is not in 0-3; an antiquant mode is not 0 or 1; `block_size` < 0.
+        ValueError: `num_key_value_heads` < 0, `num_heads` not divisible by it, or N / kvN > 64.
+        ValueError: the rank or head axis of `query` does not match `input_layout` and `num_heads`; N > 256,
+            D > 512 (decode: B > 65535); a decode step with `pse_shift` and D not a multiple of 16.
+        ValueError: a sequence length is outside its range, a length vector's size is not 1 or B, TND lengths
+            are not cumulative or do not end at T; `actual_shared_prefix_len` is not one value in [0, Sp]; a
+            padding size is not one value.
+        ValueError: with `block_table`, `block_size` is not a positive multiple of 16 (32 for int8), more than
+            16384 blocks per sequence, a block table entry that is read is outside [0, num_blocks), or a 4-D
+            cache with a layout other than BNSD / BNSD_BSND.
+        ValueError: a full-quantization scale is not of shape (1,).
+        RuntimeError: `num_heads` is not greater than 0.
+        RuntimeError: the shapes of `key` and `value` differ or do not match `query` (batch, kv_n, kv_h, D).
+        RuntimeError: `atten_mask` shape is not valid for the branch and sparse mode; `pse_shift` shape is not
+            valid, or `pse_shift` is given with TND.
+        RuntimeError: page attention without `actual_seq_lengths_kv`, with block table rows other than B, a
+            cache block axis other than `block_size`, or with left padding or a shared prefix.
+        RuntimeError: TND without its sequence lengths, or with left padding or a shared prefix.
+        RuntimeError: a shared prefix with only one of its tensors, shapes not matching `key`, or with
+            `kv_padding_size`; `actual_shared_prefix_len` without a prefix.
+        RuntimeError: inconsistent quantization inputs (int8 key/value without scales, scales with float
+            key/value, combined and separate antiquant together, an unpaired separate scale or offset, an offset
+            without its scale, scale shapes, an int8 query without all full-quantization scales or with
+            antiquant, full-quantization scales with a float query, post-quant scale size, per-channel
+            post-quantization in a paged decode step).
+        RuntimeError: a shape or value known only at run time (dynamic shapes, Tensor lengths or block tables in
+            Graph mode) is not valid (raised by the kernel).
 
     Supported Platforms:
-        ``Ascend`` (the CPU kernel is not implemented yet: on CPU the call raises RuntimeError naming the reason)
+        ``Ascend`` ``CPU``
 
     Examples:
-        >>> out, lse = ops.fused_infer_attention_score(q, k, v, num_heads=8, input_layout='BNSD',
-        ...                                            softmax_lse_flag=True)
+        >>> import numpy as np
+        >>> import mindspore as ms
+        >>> from ms_attention import ops
+        >>> B, N, S, D = 1, 4, 16, 64
+        >>> query = ms.Tensor(np.random.randn(B, N, S, D), ms.float16)
+        >>> key = ms.Tensor(np.random.randn(B, N, S, D), ms.float16)
+        >>> value = ms.Tensor(np.random.randn(B, N, S, D), ms.float16)
+        >>> out, lse = ops.fused_infer_attention_score(query, key, value, num_heads=N, input_layout='BNSD_BSND',
+        ...                                            scale=1 / D ** 0.5, sparse_mode=3, softmax_lse_flag=True)
+        >>> out.shape, lse.shape
+        ((1, 16, 4, 64), (1, 4, 16, 1))
     """
     attn_mask = atten_mask
     scale_value = scale
@@ -297,19 +458,189 @@ def fused_infer_attention_score_v2(query, key, value, *, query_rope=None, key_ro
     dequant_scale_query_dtype=None, dequant_scale_key_dtype=None, dequant_scale_value_dtype=None,
     dequant_scale_key_rope_dtype=None, out_dtype=None):
     r"""
-    fused_infer_attention_score with torch_npu's v2 argument names: `num_query_heads`, `softmax_scale`,
-    `return_softmax_lse`, rope inputs (`query_rope`, `key_rope`), `learnable_sink` (one float per head, added to
-    the softmax denominator with no value row), quant modes and dtype overrides.
+    fused_infer_attention_score with torch_npu's npu_fused_infer_attention_score_v2 arguments, adding MLA rope
+    inputs and a learnable sink; returns the output and, on request, the softmax log-sum-exp.
+
+    For each batch b, query head h (reading KV head h // (N / kvN)) and query row i of the batch's window:
+    ``S[i, j] = softmax_scale * (Q[i]·K[j] + Q_rope[i]·K_rope[j]) + pse_shift[i, j]``, ``S[i, j] = -inf``
+    where the mask or the sparse mode discards (i, j), ``O[i] = Σ_j exp(S[i, j] - m) V[j] / l`` with
+    ``l = Σ_j exp(S[i, j] - m) + exp(sink_h - m)`` (the sink term only with `learnable_sink`; m is then the
+    maximum over the visible scores and the sink), and ``softmax_lse[i] = m + log(l)``, with float32
+    accumulation. B batch, N query heads (`num_query_heads`), kvN key/value heads (`num_key_value_heads`, 0
+    means N), Sq / Skv the stored query / key lengths, D head dim, D_rope the rope head dim, H = N·D,
+    kvH = kvN·D, T / T_kv the token counts of TND, P the shared prefix length.
+
+    A query of stored length Sq = 1 (not TND, no rope) is a decode step: `sparse_mode`, `pre_tokens`,
+    `next_tokens` and `actual_seq_lengths` are ignored. Any other query is a prefill with a computed band per
+    batch, on window-relative (i, j) with d = kv_b - q_b (kv_b counts the shared prefix): sparse_mode 0 with no
+    mask, nothing is discarded; 0 with a mask, ``mask[i, j]`` or ``j - i > next_tokens`` or
+    ``i - j > pre_tokens``; 1, ``mask[i, j]``; 2, ``j > i``; 3, ``j > i + d``; 4, ``j - i > next_tokens + d``
+    or ``j - i < d - pre_tokens``. A mask and `pse_shift` are indexed by the stored positions of their
+    tensors; in TND by the positions inside each batch. A row with no visible key, a row past the batch's query
+    length and a batch of length 0 give output 0 and lse +inf; with `learnable_sink`, a valid row with no
+    visible key gives output 0 and lse = sink_h.
+
+    Args:
+        query (Tensor): float16 or bfloat16. Shape (B, Sq, H) for BSH, (B, N, Sq, D) for BNSD and BNSD_BSND,
+            (B, Sq, N, D) for BSND, (T, N, D) for TND. N <= 256, D <= 512; a decode step also needs B <= 65535.
+        key (Tensor): the query dtype, or int8 with `dequant_scale_key` / `dequant_scale_value`. Shape
+            (B, Skv, kvH) / (B, kvN, Skv, D) / (B, Skv, kvN, D) / (T_kv, kvN, D); with `block_table` a paged
+            cache (num_blocks, block_size, kvH), or (num_blocks, kvN, block_size, D) with BNSD / BNSD_BSND.
+        value (Tensor): the dtype and shape of `key`.
+
+    Keyword Args:
+        query_rope (Tensor, optional): MLA rope part of the query, the query dtype and the query's shape with
+            D_rope in place of D (BSH: N·D_rope). Given together with `key_rope`; then every query, also Sq = 1,
+            is computed as a prefill. Not with a shared prefix. Default: ``None``.
+        key_rope (Tensor, optional): rope part of the keys, the query dtype and the key's (or the paged
+            cache's) shape with D_rope in place of D (a (num_blocks, block_size, kvN·D_rope) cache whatever the
+            layout). Default: ``None``.
+        pse_shift (Tensor, optional): position bias added after the scale, the query dtype. Prefill:
+            (B, N, Sq, Skv) or (1, N, Sq, Skv), the last two axes at least the stored lengths (P + Skv with a
+            shared prefix). Decode: also (B, N, 1, Skv) or (1, N, 1, Skv), and D must be a multiple of 16. Not
+            with TND. Default: ``None``.
+        atten_mask (Tensor, optional): bool, int8 or uint8; nonzero discards a position. Prefill, sparse_mode
+            0 and 1: (Sq, Skv), (1, Sq, Skv), (B, Sq, Skv), (B, 1, Sq, Skv) or (1, 1, Sq, Skv), the last two axes
+            at least the stored lengths (the top-left corner is used), the key axis covering P + Skv with a shared
+            prefix and the longest sequence with page attention; in TND they cover the longest batch. Prefill,
+            sparse_mode 2-4: optional, the compressed (2048, 2048), (1, 2048, 2048) or (1, 1, 2048, 2048) mask,
+            whose contents are not read. Decode: (B, Skv), (B, 1, Skv), (B, 1, 1, Skv), or the same with a
+            leading 1 (one row for every batch); with sparse_mode 2-4 a compressed mask is also accepted and
+            ignored. Default: ``None``.
+        actual_seq_lengths (Union[Tensor, tuple[int], list[int]], optional): valid query length of each batch,
+            int32 or int64, length 1 (applies to every batch) or B, each in [0, Sq]. TND (mandatory): cumulative
+            lengths without a leading 0, non-decreasing, the last equal to T; B is their count.
+            Default: ``None`` (Sq).
+        actual_seq_lengths_kv (Union[Tensor, tuple[int], list[int]], optional): valid key/value length of each
+            batch, as `actual_seq_lengths`, each in [0, Skv]. Mandatory with `block_table` (per batch, at most
+            max_blocks_per_seq * block_size) and with TND (cumulative, the last equal to T_kv, B entries; per
+            batch with page attention). Default: ``None`` (Skv).
+        block_table (Tensor, optional): int32 (B, max_blocks_per_seq), max_blocks_per_seq <= 16384; page
+            attention reads token t of batch b at block ``block_table[b, t // block_size]``. Entries past
+            ceil(actual_seq_lengths_kv[b] / block_size) are not read. Not with a shared prefix.
+            Default: ``None``.
+        dequant_scale_query (Tensor, optional): a quantized query is not supported: must be ``None``.
+            Default: ``None``.
+        dequant_scale_key (Tensor, optional): int8 keys are dequantized as ``(x + offset) * scale``.
+            `key_quant_mode` 0: per channel (kvN, 1, D), (kvN, D) or (kvH,), or per tensor (1,), the query dtype
+            or float32; 1: per token (B, S) float32, S covering the key positions read. Given together with
+            `dequant_scale_value`. Default: ``None``.
+        dequant_offset_key (Tensor, optional): the shape of `dequant_scale_key`. Default: ``None`` (0).
+        dequant_scale_value (Tensor, optional): int8 values, as `dequant_scale_key` with `value_quant_mode`.
+            Default: ``None``.
+        dequant_offset_value (Tensor, optional): the shape of `dequant_scale_value`; given together with
+            `dequant_offset_key`. Default: ``None`` (0).
+        dequant_scale_key_rope (Tensor, optional): quantized rope keys are not supported: must be ``None``.
+            Default: ``None``.
+        quant_scale_out (Tensor, optional): post-quantization scale: the output becomes int8,
+            ``sat_int8(round_half_even(O * quant_scale_out + quant_offset_out))``. float32 (or bfloat16 with a
+            bfloat16 query); 1 element (per tensor) or N·D elements (per channel, indexed as (head, dim); not in
+            a paged decode step). Default: ``None``.
+        quant_offset_out (Tensor, optional): the dtype and size of `quant_scale_out`. Default: ``None`` (0).
+        learnable_sink (Tensor, optional): one logit per query head, shape (N,), float32, float16 or bfloat16,
+            added to the softmax denominator without a value row. Default: ``None``.
+        key_shared_prefix (Tensor, optional): keys shared by every batch, placed before each batch's keys; the
+            key's dtype, batch 1 in the key's layout: (1, Sp, kvH), (1, kvN, Sp, D) or (1, Sp, kvN, D). Not with
+            page attention, TND, rope or per-token dequantization. Default: ``None``.
+        value_shared_prefix (Tensor, optional): the shape and dtype of `key_shared_prefix`; both or neither.
+            Default: ``None``.
+        actual_shared_prefix_len (Union[Tensor, tuple[int], list[int]], optional): one value P in [0, Sp]: the
+            prefix keys used. Default: ``None`` (Sp).
+        num_query_heads (int): N, greater than 0. Default: ``1``.
+        num_key_value_heads (int): kvN, >= 0 (0 means N); N must be a multiple of it (no limit on N / kvN).
+            Default: ``1``.
+        softmax_scale (float): the score scale, typically 1/sqrt(D + D_rope). Default: ``1.0``.
+        pre_tokens (int): keys before the diagonal a row may see (sparse_mode 0 with a mask, and 4).
+            Default: ``2147483647``.
+        next_tokens (int): keys after the diagonal a row may see (sparse_mode 0 with a mask, and 4).
+            Default: ``2147483647``.
+        input_layout (str): ``'BSH'``, ``'BNSD'``, ``'BSND'``, ``'TND'`` or ``'BNSD_BSND'`` (BNSD inputs, BSND
+            output), case-insensitive. Default: ``'BSH'``.
+        sparse_mode (int): 0, 1, 2, 3 or 4 (see above). Default: ``0``.
+        block_size (int): tokens per block with page attention, a positive multiple of 16 (32 for an int8
+            cache), equal to the cache's block axis. Default: ``0``.
+        query_quant_mode (int): must be 0 (a quantized query is not supported). Default: ``0``.
+        key_quant_mode (int): 0 (per tensor / per channel) or 1 (per token), for `dequant_scale_key`.
+            Default: ``0``.
+        value_quant_mode (int): 0 or 1, for `dequant_scale_value`. Default: ``0``.
+        inner_precise (int): 0 to 3; every value computes in float32 here. Default: ``1``.
+        return_softmax_lse (bool): whether `softmax_lse` is computed. Default: ``False``.
+        query_dtype (int, optional): dtype overrides for float8 data held in int8 tensors are not supported:
+            this and `key_dtype`, `value_dtype`, `query_rope_dtype`, `key_rope_dtype`, `key_shared_prefix_dtype`,
+            `value_shared_prefix_dtype`, `dequant_scale_query_dtype`, `dequant_scale_key_dtype`,
+            `dequant_scale_value_dtype`, `dequant_scale_key_rope_dtype`, `out_dtype` must be ``None``.
+            Default: ``None``.
 
     Returns:
-        tuple(attention_out, softmax_lse).
+        A tuple (attention_out, softmax_lse).
+
+        - attention_out (Tensor): the shape of `query`, except BNSD_BSND: (B, Sq, N, D). The query dtype, or
+          int8 with `quant_scale_out`.
+        - softmax_lse (Tensor): float32, (B, N, Sq, 1) (BNSD_BSND included), (T, N, 1) for TND; +inf for rows
+          not computed. With `return_softmax_lse` False: shape (1,), value 0.
+
+    Raises:
+        TypeError: dtype of `query` is not float16 or bfloat16.
+        TypeError: `key` and `value` don't have the same dtype, or their dtype is neither the query's nor int8
+            with dequantization scales.
+        TypeError: dtype of `atten_mask`, `pse_shift`, `query_rope`, `key_rope`, `learnable_sink`, a scale or
+            offset, a sequence length, `block_table` (int32), the shared prefix is not valid.
+        TypeError: an attribute has the wrong type (`num_query_heads`, `pre_tokens`, ... not int,
+            `softmax_scale` not a float, `input_layout` not a str, `return_softmax_lse` not a bool, a dtype
+            override neither an int nor None).
+        ValueError: `input_layout` is not BSH, BNSD, BSND, TND or BNSD_BSND.
+        ValueError: `sparse_mode` is not 0, 1, 2, 3 or 4.
+        ValueError: `inner_precise` is not in 0-3; `key_quant_mode` or `value_quant_mode` is not 0 or 1;
+            `block_size` < 0.
+        ValueError: `query_quant_mode` is not 0, `dequant_scale_query` or `dequant_scale_key_rope` is given, or
+            a dtype override is not None (not supported).
+        ValueError: `num_key_value_heads` < 0, or `num_query_heads` not divisible by it.
+        ValueError: the rank or head axis of `query` does not match `input_layout` and `num_query_heads`;
+            N > 256, D > 512 (decode: B > 65535); a decode step with `pse_shift` and D not a multiple of 16.
+        ValueError: a sequence length is outside its range, a length vector's size is not 1 or B, TND lengths
+            are not cumulative or do not end at T; `actual_shared_prefix_len` is not one value in [0, Sp].
+        ValueError: with `block_table`, `block_size` is not a positive multiple of 16 (32 for int8), more than
+            16384 blocks per sequence, a block table entry that is read is outside [0, num_blocks), or a 4-D
+            cache with a layout other than BNSD / BNSD_BSND.
+        RuntimeError: `num_query_heads` is not greater than 0.
+        RuntimeError: the shapes of `key` and `value` differ or do not match `query` (batch, kv_n, kv_h, D).
+        RuntimeError: `atten_mask` shape is not valid for the branch and sparse mode; `pse_shift` shape is not
+            valid, or `pse_shift` is given with TND.
+        RuntimeError: page attention without `actual_seq_lengths_kv`, with block table rows other than B, a
+            cache block axis other than `block_size`, or with a shared prefix.
+        RuntimeError: TND without its sequence lengths, or with a shared prefix.
+        RuntimeError: `query_rope` or `key_rope` alone, or their shapes not matching `query` / `key` with one
+            D_rope.
+        RuntimeError: a shared prefix with only one of its tensors or shapes not matching `key`;
+            `actual_shared_prefix_len` without a prefix.
+        RuntimeError: inconsistent quantization inputs (int8 key/value without scales, scales with float
+            key/value, an unpaired scale or offset, an offset without its scale, scale shapes, post-quant scale
+            size, per-channel post-quantization in a paged decode step).
+        RuntimeError: `learnable_sink` is not of shape (N,).
+        RuntimeError: a shape or value known only at run time (dynamic shapes, Tensor lengths or block tables in
+            Graph mode) is not valid, a shared prefix with rope or per-token dequantization (raised by the
+            kernel).
 
     Supported Platforms:
-        ``Ascend`` through torch_npu only (the CPU kernel is not implemented yet).
+        ``Ascend`` ``CPU``
 
     Examples:
-        >>> out, lse = ops.fused_infer_attention_score_v2(q, k, v, num_query_heads=8, input_layout='BNSD',
-        ...                                               softmax_scale=0.088, return_softmax_lse=True)
+        >>> import numpy as np
+        >>> import mindspore as ms
+        >>> from ms_attention import ops
+        >>> B, N, S, D, Dr = 1, 8, 16, 64, 32
+        >>> query = ms.Tensor(np.random.randn(B, N, S, D), ms.float16)
+        >>> key = ms.Tensor(np.random.randn(B, 1, S, D), ms.float16)
+        >>> value = ms.Tensor(np.random.randn(B, 1, S, D), ms.float16)
+        >>> query_rope = ms.Tensor(np.random.randn(B, N, S, Dr), ms.float16)
+        >>> key_rope = ms.Tensor(np.random.randn(B, 1, S, Dr), ms.float16)
+        >>> sink = ms.Tensor(np.zeros(N), ms.float32)
+        >>> out, lse = ops.fused_infer_attention_score_v2(
+        ...     query, key, value, query_rope=query_rope, key_rope=key_rope, learnable_sink=sink,
+        ...     num_query_heads=N, num_key_value_heads=1, input_layout='BNSD', sparse_mode=3,
+        ...     softmax_scale=1 / (D + Dr) ** 0.5, return_softmax_lse=True)
+        >>> out.shape, lse.shape
+        ((1, 8, 16, 64), (1, 8, 16, 1))
     """
     return _fused_infer_attention_score_v2(query, key, value, query_rope, key_rope, pse_shift, atten_mask,
         actual_seq_lengths, actual_seq_lengths_kv, block_table, dequant_scale_query, dequant_scale_key,
@@ -517,22 +848,132 @@ def prompt_flash_attention(query, key, value, attn_mask=None, actual_seq_lengths
     num_heads=1, scale_value=1.0, pre_tokens=2147483647, next_tokens=0, input_layout='BSH', num_key_value_heads=0,
     sparse_mode=0, inner_precise=1):
     r"""
-    Prompt (prefill) flash attention: ``softmax(scale_value * Q·Kᵀ + pse_shift, masked) · V`` for Sq query
-    tokens, with sparse_mode 0-4, pre_tokens / next_tokens bands, per-batch actual_seq_lengths(_kv), GQA,
-    and int8 full quantization (deq_scale1, quant_scale1, deq_scale2) or int8 output (quant_scale2).
+    Prompt (prefill) flash attention, the CPU twin of MindSpore's Ascend-only operator.
 
-    Constraints: layouts BSH, BNSD, BSND, TND; query float16, bfloat16 or int8; next_tokens defaults to 0 (not
-    2147483647 as in fused_infer_attention_score); a sparse_mode outside 0-4 raises ValueError.
+    For each batch b, query head h (reading KV head h // (N / kvN)) and query row i of the batch's window:
+    ``S[i, j] = scale_value * Q[i]·K[j] + pse_shift[i, j]``, ``S[i, j] = -inf`` where the mask or the sparse
+    mode discards (i, j) (a float16 mask is added instead), ``O[i] = softmax(S[i, :]) · V``, with float32
+    accumulation. B batch, N query heads (`num_heads`), kvN key/value heads (`num_key_value_heads`, 0 means N),
+    Sq / Skv the stored query / key lengths, D head dim, H = N·D, kvH = kvN·D, T / T_kv the token counts of TND.
+
+    Sparse modes, per batch on window-relative (i, j), with d = kv_b - q_b (the batch's key length minus its
+    query length): 0 with no mask, nothing is discarded; 0 with a mask, ``mask[i, j]`` or ``j - i > next_tokens``
+    or ``i - j > pre_tokens``; 1, ``mask[i, j]``; 2, ``j > i``; 3, ``j > i + d``; 4, ``j - i > next_tokens + d``
+    or ``j - i < d - pre_tokens``. A query of stored length 1 (not TND) ignores `sparse_mode`, `pre_tokens`,
+    `next_tokens` and `actual_seq_lengths`, and a compressed mask given with sparse_mode 2-4 is then ignored.
+    A mask and `pse_shift` are indexed in the stored frame of their tensors; in TND by the positions inside
+    each batch. A row with no visible key, a row past the batch's query length and a batch of length 0 give 0.
+
+    Full quantization (int8 query, key and value): ``S = (Q·Kᵀ) * deq_scale1 * scale_value`` (+ pse / mask),
+    ``P = softmax(S)``, ``P8 = sat_int8(round_half_even(P * quant_scale1))``, ``O = (P8·V) * deq_scale2``.
+
+    Args:
+        query (Tensor): float16, bfloat16 or int8 (full quantization). Shape (B, Sq, H) for BSH, (B, N, Sq, D)
+            for BNSD, (B, Sq, N, D) for BSND, (T, N, D) for TND. N <= 256, D <= 512; with bfloat16, D must be
+            a multiple of 16.
+        key (Tensor): the query dtype. Shape (B, Skv, kvH) / (B, kvN, Skv, D) / (B, Skv, kvN, D) /
+            (T_kv, kvN, D), with the query's B and D.
+        value (Tensor): the dtype and shape of `key`.
+        attn_mask (Tensor, optional): bool, int8 or uint8 (nonzero discards a position), or float16 (added to
+            the scaled score, after `pse_shift`). sparse_mode 0 and 1: (Sq, Skv), (1, Sq, Skv), (B, Sq, Skv),
+            (B, 1, Sq, Skv) or (1, 1, Sq, Skv); the last two axes may be longer than the stored lengths (the
+            top-left corner is used), never shorter; in TND they cover the longest batch. sparse_mode 2, 3 and 4:
+            optional, the compressed (2048, 2048), (1, 2048, 2048), (1, 1, 2048, 2048) or (B, 1, 2048, 2048)
+            mask, whose contents are not read (the band is computed). Default: ``None``.
+        actual_seq_lengths (Union[Tensor, tuple[int], list[int]], optional): valid query length of each batch,
+            int32 or int64, length 1 (applies to every batch) or B, each in [0, Sq]; batch b uses its first
+            ``actual_seq_lengths[b]`` rows, the others are 0. TND (mandatory): cumulative lengths without a
+            leading 0, non-decreasing, the last equal to T; B is their count. Default: ``None`` (Sq).
+        actual_seq_lengths_kv (Union[Tensor, tuple[int], list[int]], optional): valid key/value length of each
+            batch, as `actual_seq_lengths`, each in [0, Skv]. TND (mandatory): cumulative, the last equal to
+            T_kv, B entries. Default: ``None`` (Skv).
+        pse_shift (Tensor, optional): position bias added after the scale, float16 (with a float16 or int8
+            query) or bfloat16 (with a bfloat16 query). Shape (B, N, Sq, Skv) or (1, N, Sq, Skv), the last two
+            axes at least the stored lengths. Not with TND. Default: ``None``.
+        deq_scale1 (Tensor, optional): full quantization, dequantizes Q·Kᵀ. Shape (1,), float32 or uint64 (a
+            uint64 holds the float32 bit pattern in its low 32 bits). Mandatory with an int8 query.
+            Default: ``None``.
+        quant_scale1 (Tensor, optional): full quantization, quantizes the softmax to int8. Shape (1,), float32.
+            Mandatory with an int8 query. Default: ``None``.
+        deq_scale2 (Tensor, optional): full quantization, dequantizes P8·V. Shape (1,), float32 or uint64.
+            Mandatory with an int8 query. Default: ``None``.
+        quant_scale2 (Tensor, optional): post-quantization scale: the output becomes int8,
+            ``sat_int8(round_half_even(O * quant_scale2 + quant_offset2))``. float32 (or bfloat16 with a
+            bfloat16 query); 1 element (per tensor) or N·D elements (per channel, indexed as (head, dim); D must
+            be a multiple of 32). Default: ``None``.
+        quant_offset2 (Tensor, optional): the dtype and size of `quant_scale2`. Default: ``None`` (0).
+        num_heads (int): N, greater than 0. Default: ``1``.
+        scale_value (float): the score scale, typically 1/sqrt(D). Default: ``1.0``.
+        pre_tokens (int): keys before the diagonal a row may see (sparse_mode 0 with a mask, and 4).
+            Default: ``2147483647``.
+        next_tokens (int): keys after the diagonal a row may see (sparse_mode 0 with a mask, and 4).
+            Default: ``0``.
+        input_layout (str): ``'BSH'``, ``'BNSD'``, ``'BSND'`` or ``'TND'``, case-insensitive. Default: ``'BSH'``.
+        num_key_value_heads (int): kvN, >= 0 (0 means N); N must be a multiple of it and N / kvN <= 64.
+            Default: ``0``.
+        sparse_mode (int): 0, 1, 2, 3 or 4 (see above). Default: ``0``.
+        inner_precise (int): 0 high precision, 1 high performance; both compute in float32 here. Default: ``1``.
 
     Returns:
-        attention_out (Tensor), the shape of `query`.
+        attention_out (Tensor), the shape of `query`; the query dtype, int8 with `quant_scale2`, float16 for an
+        int8 query without `quant_scale2`.
+
+    Raises:
+        TypeError: dtype of `query` is not int8, float16 or bfloat16.
+        TypeError: `query`, `key` and `value` don't have the same dtype.
+        TypeError: dtype of `attn_mask` is not bool, int8, uint8 or float16.
+        TypeError: dtype of `pse_shift` is not bfloat16 or float16, or does not match `query`.
+        TypeError: `scale_value` is not a double number.
+        TypeError: `input_layout` is not a string.
+        TypeError: `num_heads`, `num_key_value_heads`, `pre_tokens` or `next_tokens` is not an int.
+        TypeError: `sparse_mode` is not an int.
+        TypeError: `inner_precise` is not an int.
+        TypeError: `quant_scale1` is not Tensor of type float32.
+        TypeError: `deq_scale1` is not Tensor of type uint64 or float32.
+        TypeError: `quant_scale2` is not Tensor of type float32 (or bfloat16 with a bfloat16 query).
+        TypeError: `deq_scale2` is not Tensor of type uint64 or float32.
+        TypeError: `quant_offset2` is not Tensor of the type of `quant_scale2`.
+        TypeError: `actual_seq_lengths` or `actual_seq_lengths_kv` does not hold ints.
+        ValueError: `input_layout` is a string but not BSH, BNSD, BSND or TND.
+        ValueError: the rank or head axis of `query` does not match `input_layout` and `num_heads`, N > 256 or
+            D > 512.
+        ValueError: `inner_precise` is not 0 or 1.
+        ValueError: a sequence length is outside [0, stored length], a length vector's size is not 1 or B, or
+            TND lengths are not cumulative or do not end at T.
+        ValueError: a full-quantization scale is not of shape (1,).
+        RuntimeError: `num_heads` is not divisible by `num_key_value_heads`, or N / kvN > 64.
+        RuntimeError: `num_heads` is not greater than 0.
+        RuntimeError: `num_key_value_heads` is not greater than or equal to 0.
+        RuntimeError: kv_n is not equal to `num_key_value_heads`, or the batch of `key` is not B.
+        RuntimeError: `attn_mask` shape is not valid.
+        RuntimeError: `sparse_mode` is specified but is not 0, 1, 2, 3 or 4.
+        RuntimeError: `query` dtype is bfloat16 and D axis is not aligned with 16.
+        RuntimeError: `input_layout` is BSH and kv_h is not divisible by `num_key_value_heads`.
+        RuntimeError: D-axis of `query`, `key` and `value` is not the same, or `key` and `value` shapes differ.
+        RuntimeError: In post quant per-channel scenario, D-axis is not 32 Byte aligned.
+        RuntimeError: `pse_shift` shape is not valid, or `pse_shift` is given with TND.
+        RuntimeError: an int8 query without all of `deq_scale1`, `quant_scale1`, `deq_scale2`; those scales
+            with a float query; `quant_offset2` without `quant_scale2`; `quant_scale2` size neither 1 nor N·D.
+        RuntimeError: TND without `actual_seq_lengths` or `actual_seq_lengths_kv`, or with length vectors of
+            different sizes.
+        RuntimeError: a shape or sequence length known only at run time (dynamic shapes, Tensor lengths in
+            Graph mode) is not valid (raised by the kernel).
 
     Supported Platforms:
-        ``Ascend`` (the CPU kernel is not implemented yet: on CPU the call raises RuntimeError naming the reason)
+        ``Ascend`` ``CPU``
 
     Examples:
-        >>> out = ops.prompt_flash_attention(q, k, v, num_heads=8, input_layout='BNSD', sparse_mode=3,
-        ...                                  scale_value=1 / 128 ** 0.5)
+        >>> import numpy as np
+        >>> import mindspore as ms
+        >>> from ms_attention import ops
+        >>> B, N, S, D = 1, 4, 16, 64
+        >>> query = ms.Tensor(np.random.randn(B, N, S, D), ms.float16)
+        >>> key = ms.Tensor(np.random.randn(B, N, S, D), ms.float16)
+        >>> value = ms.Tensor(np.random.randn(B, N, S, D), ms.float16)
+        >>> out = ops.prompt_flash_attention(query, key, value, num_heads=N, input_layout='BNSD',
+        ...                                  scale_value=1 / D ** 0.5, sparse_mode=2)
+        >>> out.shape
+        (1, 4, 16, 64)
     """
     if _rt.on_ascend():
         checked = _prompt_flash_attention_check((num_heads, scale_value, pre_tokens, next_tokens, input_layout,

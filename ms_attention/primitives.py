@@ -80,9 +80,8 @@ class FlashAttentionScore(_PrimitiveMethods):
 @_jit_class
 class FusedInferAttentionScore(_PrimitiveMethods):
     r"""
-    Fused inference attention: the prompt branch for Sq > 1, the incremental branch (sparse_mode and
-    pre/next tokens ignored) for Sq = 1. Adds `softmax_lse_flag`, per-token antiquant (`antiquant_mode`,
-    `key_/value_antiquant_*`), query and kv left padding, shared prefix.
+    Fused inference attention (prefill and decode in one operator), the CPU twin of MindSpore's Ascend-only
+    operator; returns the output and, on request, the softmax log-sum-exp.
 
     Primitive form of `ms_attention.ops.fused_infer_attention_score`, with the arguments of MindSpore's
     FusedInferAttentionScore: attributes in __init__ (checked there), tensors in the call (key/value as a Tensor or
@@ -139,9 +138,8 @@ class FusedInferAttentionScore(_PrimitiveMethods):
 @_jit_class
 class FusedInferAttentionScoreV2(_PrimitiveMethods):
     r"""
-    fused_infer_attention_score with torch_npu's v2 argument names: `num_query_heads`, `softmax_scale`,
-    `return_softmax_lse`, rope inputs (`query_rope`, `key_rope`), `learnable_sink` (one float per head, added to
-    the softmax denominator with no value row), quant modes and dtype overrides.
+    fused_infer_attention_score with torch_npu's npu_fused_infer_attention_score_v2 arguments, adding MLA rope
+    inputs and a learnable sink; returns the output and, on request, the softmax log-sum-exp.
 
     Primitive form of `ms_attention.ops.fused_infer_attention_score_v2`, with the arguments of torch_npu's
     FusedInferAttentionScoreV2: attributes in __init__ (checked there), tensors in the call (None for absent inputs,
@@ -245,9 +243,7 @@ class IncreFlashAttention(_PrimitiveMethods):
 @_jit_class
 class PromptFlashAttention(_PrimitiveMethods):
     r"""
-    Prompt (prefill) flash attention: ``softmax(scale_value * Q·Kᵀ + pse_shift, masked) · V`` for Sq query
-    tokens, with sparse_mode 0-4, pre_tokens / next_tokens bands, per-batch actual_seq_lengths(_kv), GQA,
-    and int8 full quantization (deq_scale1, quant_scale1, deq_scale2) or int8 output (quant_scale2).
+    Prompt (prefill) flash attention, the CPU twin of MindSpore's Ascend-only operator.
 
     Primitive form of `ms_attention.ops.prompt_flash_attention`, with the arguments of MindSpore's
     PromptFlashAttention: attributes in __init__ (checked there), tensors in the call (None for absent inputs,
