@@ -235,6 +235,12 @@ class _Call:
         if self.tnd:
             raise chk.runtime_error("the shared prefix ('key_shared_prefix') is not supported with input_layout "
                                     "TND.")
+        if self.rope:
+            raise chk.runtime_error("the shared prefix ('key_shared_prefix') is not supported with rope "
+                                    "('query_rope' / 'key_rope').")
+        if any(self.get(scale) is not None and self.attrs.get(mode, 0) == 1 for scale, mode in PER_TOKEN_SCALES):
+            raise chk.runtime_error("the shared prefix ('key_shared_prefix') is not supported with per-token "
+                                    "antiquant (mode 1).")
         if kp.rank_known and vp.rank_known and not same_shape(vp.shape, kp.shape):
             raise chk.runtime_error(f"the shapes of 'key_shared_prefix' and 'value_shared_prefix' must be the same, "
                                     f"but got {kp.shape} and {vp.shape}.")

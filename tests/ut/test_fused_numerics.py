@@ -181,6 +181,16 @@ def test_decode_branch_masks_and_ignored_sparse_mode(mode):
         case.check(mode, lse=True)
 
 
+def test_pfa_single_query_position_is_a_prefill(mode):
+    """prompt_flash_attention has no incremental branch: with Sq = 1 its mask and default next_tokens=0 band
+    still apply (only key 0 survives the band for row 0)."""
+    case = Case(PFA, b=2, n=4, kvn=2, sq=1, skv=20, d=32, layout="BSH")
+    case.add_mask(np.zeros((1, 20), np.bool_), "bool")
+    out, _ = case.check(mode)
+    np.testing.assert_allclose(out.reshape(2, 4, 32), case.np["value"].reshape(2, 20, 2, 32)[:, 0].repeat(2, 1),
+                               rtol=5e-3, atol=1e-3)
+
+
 @pytest.mark.parametrize("sparse_mode", [2, 3, 4])
 def test_decode_branch_ignores_the_compressed_mask(mode, sparse_mode):
     """A causal/band network passes its compressed 2048 x 2048 mask on every step; with Sq = 1 the sparse mode it

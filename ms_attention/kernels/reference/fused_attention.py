@@ -189,9 +189,11 @@ def fused_attention(query, key, value, *, query_rope=None, key_rope=None, pse_sh
                     value_shared_prefix=None, actual_shared_prefix_len=None, learnable_sink=None, num_heads=1,
                     scale_value=1.0, pre_tokens=INT_MAX, next_tokens=INT_MAX, input_layout="BSH",
                     num_key_value_heads=0, sparse_mode=0, block_size=0, antiquant_mode=0, key_antiquant_mode=0,
-                    value_antiquant_mode=0):
+                    value_antiquant_mode=0, incremental_branch=True):
     """The whole family's inference attention. Returns (attention_out, softmax_lse): the output in the
-    output layout (float64, or int8 with quant_scale2), the lse float32 (B, N, Sq, 1) or (T, N, 1)."""
+    output layout (float64, or int8 with quant_scale2), the lse float32 (B, N, Sq, 1) or (T, N, 1).
+    incremental_branch: a query of stored length 1 (not TND, no rope) follows incre_flash_attention's rules
+    (fused_infer_attention_score); prompt_flash_attention has no such branch."""
     layout = input_layout.upper()
     in_layout = "BNSD" if layout == "BNSD_BSND" else layout
     out_layout = "BSND" if layout == "BNSD_BSND" else layout
@@ -212,7 +214,7 @@ def fused_attention(query, key, value, *, query_rope=None, key_rope=None, pse_sh
         q_all = _to_bnsd(np.asarray(query, np.float64), in_layout, n)       # (B, N, Sq, D)
         batch, _, stored_q, _ = q_all.shape
     head_dim = q_all.shape[-1]
-    decode = not tnd and stored_q == 1 and query_rope is None                # the incre branch
+    decode = incremental_branch and not tnd and stored_q == 1 and query_rope is None
     if not tnd:
         q_lens = np.full(batch, stored_q, np.int64)
         q_starts = np.zeros(batch, np.int64)
@@ -395,7 +397,7 @@ def prompt_flash_attention(query, key, value, attn_mask=None, actual_seq_lengths
                              quant_scale2=quant_scale2, quant_offset2=quant_offset2, num_heads=num_heads,
                              scale_value=scale_value, pre_tokens=pre_tokens, next_tokens=next_tokens,
                              input_layout=input_layout, num_key_value_heads=num_key_value_heads,
-                             sparse_mode=sparse_mode)
+                             sparse_mode=sparse_mode, incremental_branch=False)
     return out
 
 

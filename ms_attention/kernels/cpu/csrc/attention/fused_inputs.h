@@ -187,7 +187,8 @@ inline void ReadQuery(Context &c, Problem *p) {
     rope.query = qr.data;
     rope.q_numel = qr.numel();
   }
-  c.decode = !c.tnd && p->Sq == 1 && !p->rope.enabled();
+  // prompt_flash_attention has no incremental branch: a query of one position is a prefill there
+  c.decode = !a.pfa && !c.tnd && p->Sq == 1 && !p->rope.enabled();
 }
 
 // key / value: dense in the query's layout, or a paged cache with its block table.
