@@ -1,0 +1,137 @@
+// Prefill throughput of the attention core, as a fraction of this machine's float32 FMA peak measured in the
+// same run by the kernel library's own FMA loop (machine_limits.cpp).
+//
+// Builds a Problem directly (BNSD, every position of every batch valid) and runs RunAttention on it; causal
+// cases use an explicit (S, S) discard mask, which the core skips tile by tile where a whole tile is masked.
+// Flops: 4 * B * N * D per visible (query, key) pair (Q.K^T and P.V, 2 flops per multiply-add).
+//
+//   python benchmarks/build_prefill_bench.py && benchmarks/csrc/prefill_bench [repeats] [case-filter]
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "attention/attention.h"
+
+extern "C" double msa_fp32_fma_gflops(double seconds);
+extern "C" int msa_num_threads();
+
+namespace {
+
+struct Case {
+  int64_t B, N, kvN, S, D;
+  msa::DType dtype;
+  bool causal;
+};
+
+std::string Name(const Case &c) {
+  char buf[160];
+  std::snprintf(buf, sizeof(buf), "B=%lld N=%lld kvN=%lld S=%lld D=%lld %s %s", (long long)c.B, (long long)c.N,
+                (long long)c.kvN, (long long)c.S, (long long)c.D, c.dtype == msa::abi::kFloat16 ? "fp16" : "bf16",
+                c.causal ? "causal" : "full");
+  return buf;
+}
+
+uint16_t Encode(float x, msa::DType dtype) {
+  return dtype == msa::abi::kFloat16 ? msa::FloatToHalf(x) : msa::FloatToBF16(x);
+}
+
+double Seconds(const std::chrono::steady_clock::time_point &a) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - a).count();
+}
+
+// Best GFLOP/s of `repeats` runs of the case.
+double RunCase(const Case &c, int repeats) {
+  using namespace msa;
+  const int64_t q_elems = c.B * c.N * c.S * c.D, kv_elems = c.B * c.kvN * c.S * c.D;
+  std::vector<uint16_t> q(q_elems), k(kv_elems), v(kv_elems), out(q_elems);
+  std::mt19937 rng(0);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  for (auto &x : q) x = Encode(normal(rng), c.dtype);
+  for (auto &x : k) x = Encode(normal(rng), c.dtype);
+  for (auto &x : v) x = Encode(normal(rng), c.dtype);
+  std::vector<uint8_t> mask;
+
+  Problem p;
+  p.B = c.B;
+  p.N = c.N;
+  p.kvN = c.kvN;
+  p.G = c.N / c.kvN;
+  p.D = c.D;
+  p.Sq = c.S;
+  p.scale = 1.f / std::sqrt(static_cast<float>(c.D));
+  p.q_dtype = p.out_dtype = c.dtype;
+  p.query = q.data();
+  p.q_numel = q_elems;
+  p.q_rows = DenseStrides(abi::kBnsd, c.N, c.S, c.D);
+  p.out = out.data();
+  p.out_numel = q_elems;
+  p.out_rows = p.q_rows;
+  p.kv.key = k.data();
+  p.kv.value = v.data();
+  p.kv.dtype = c.dtype;
+  p.kv.numel = kv_elems;
+  p.kv.stored_len = c.S;
+  p.kv.rows = DenseStrides(abi::kBnsd, c.kvN, c.S, c.D);
+  p.q_start.assign(c.B, 0);
+  p.q_len.assign(c.B, c.S);
+  p.kv_start.assign(c.B, 0);
+  p.kv_len.assign(c.B, c.S);
+  double pairs = static_cast<double>(c.S) * c.S;
+  if (c.causal) {
+    mask.resize(c.S * c.S);
+    for (int64_t i = 0; i < c.S; ++i) {
+      for (int64_t j = 0; j < c.S; ++j) mask[i * c.S + j] = j > i;
+    }
+    p.mask.data = mask.data();
+    p.mask.numel = c.S * c.S;
+    p.mask.batch = 0;
+    p.mask.row = c.S;
+    pairs = static_cast<double>(c.S) * (c.S + 1) / 2;
+  }
+  const double flops = 4.0 * c.B * c.N * c.D * pairs;
+  RunAttention(p);  // warm up (page faults, pool start)
+  double best = 1e30;
+  for (int r = 0; r < repeats; ++r) {
+    const auto t = std::chrono::steady_clock::now();
+    RunAttention(p);
+    best = std::min(best, Seconds(t));
+  }
+  return flops / best / 1e9;
+}
+
+}  // namespace
+
+int main(int argc, char **argv) {
+  const int repeats = argc > 1 ? std::atoi(argv[1]) : 3;
+  const char *filter = argc > 2 ? argv[2] : "";
+  using msa::abi::kBfloat16;
+  using msa::abi::kFloat16;
+  const std::vector<Case> cases = {
+      {1, 32, 32, 2048, 128, kFloat16, false}, {1, 32, 32, 2048, 128, kBfloat16, false},
+      {1, 32, 32, 2048, 128, kFloat16, true},  {1, 32, 32, 2048, 128, kBfloat16, true},
+      {1, 8, 8, 8192, 128, kFloat16, false},   {1, 8, 8, 8192, 128, kBfloat16, false},
+      {1, 8, 8, 8192, 128, kFloat16, true},    {1, 8, 8, 8192, 128, kBfloat16, true},
+      {1, 32, 8, 2048, 128, kFloat16, false},  {1, 32, 8, 2048, 128, kBfloat16, true},
+  };
+  double peak = 0;
+  for (int r = 0; r < 5; ++r) peak = std::max(peak, msa_fp32_fma_gflops(0.2));
+  std::printf("threads %d, fp32 FMA peak (kernel library loop): %.1f GFLOP/s\n", msa_num_threads(), peak);
+  for (const Case &c : cases) {
+    const std::string name = Name(c);
+    if (name.find(filter) == std::string::npos) continue;
+    const double gflops = RunCase(c, repeats);
+    // the peak again after each case: other processes on shared cores move both
+    double peak_now = 0;
+    for (int r = 0; r < 3; ++r) peak_now = std::max(peak_now, msa_fp32_fma_gflops(0.2));
+    peak = std::max(peak, peak_now);
+    std::printf("%-48s %8.1f GFLOP/s  %.2f of peak (%.2f of peak measured right after)\n", name.c_str(), gflops,
+                gflops / peak, gflops / peak_now);
+    std::fflush(stdout);
+  }
+  return 0;
+}
