@@ -145,8 +145,7 @@ void AttendUnit(const Problem &p, const Unit &u, Scratch &sc, float *m, float *l
     KvTileRows(p.kv, u.b, u.kh, kv0, n, k, v);
     ScoreTile(sc.q, D, rows, k, n, D, sc.scores, kKeyTile, sc.row);
     BiasAndMask(p, u, kv0, n, sc);
-    bool any = false;
-    for (int64_t r = 0; r < rows; ++r) any |= SoftmaxTile(sc.scores + r * kKeyTile, n, m + r, l + r, sc.corr + r);
+    const bool any = SoftmaxTileRows(sc.scores, kKeyTile, rows, n, m, l, sc.corr);
     if (!any) continue;  // every key of the tile is masked for every row: its values are never needed
     AccumulateTile(acc, D, rows, sc.corr, sc.scores, kKeyTile, v, n, D, sc.row);
   }

@@ -73,7 +73,7 @@ inline void AccumulateTile(float *acc, int64_t lda, int64_t rows, const float *c
   if (rows >= detail::kPackMinRows && n <= detail::kPackKeys) {
     const float *vrows[detail::kPackKeys];
     detail::WidenValues(v, n, D, detail::TileBuffer(1, n * D), vrows);
-    constexpr int MR = 6, NC = 4;  // 24 accumulators, 6 broadcast weights, one value vector
+    constexpr int MR = 3, NC = 8;  // 24 accumulators, 3 broadcast weights, one value vector
     int64_t r = 0;
     for (; r + MR <= rows; r += MR) {
       detail::ValueRows<float, MR, NC>(acc + r * lda, lda, corr + r, p + r * ldp, ldp, vrows, n, D);
