@@ -40,6 +40,12 @@ inline Vec Mul(Vec a, Vec b) { return _mm512_mul_ps(a, b); }
 inline Vec Fma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }  // a * b + c
 inline Vec Max(Vec a, Vec b) { return _mm512_max_ps(a, b); }
 inline float ReduceAdd(Vec v) { return _mm512_reduce_add_ps(v); }
+// v, kept in a register: stops the compiler from folding the load of v into each instruction that uses it
+// (one load per use instead of one in all, which makes a register-blocked kernel load-bound).
+inline Vec InRegister(Vec v) {
+  __asm__("" : "+v"(v));
+  return v;
+}
 inline float ReduceMax(Vec v) { return _mm512_reduce_max_ps(v); }
 
 inline Vec Load(const float *p) { return _mm512_loadu_ps(p); }
@@ -120,6 +126,10 @@ inline Vec Sub(Vec a, Vec b) { return _mm256_sub_ps(a, b); }
 inline Vec Mul(Vec a, Vec b) { return _mm256_mul_ps(a, b); }
 inline Vec Fma(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
 inline Vec Max(Vec a, Vec b) { return _mm256_max_ps(a, b); }
+inline Vec InRegister(Vec v) {
+  __asm__("" : "+x"(v));
+  return v;
+}
 inline float ReduceAdd(Vec v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));

@@ -33,7 +33,7 @@ inline void ValueBlock(float *acc, int64_t lda, const float *corr, const float *
     for (int r = 0; r < MR; ++r) pj[r] = Set1(p[r * ldp + j]);
     const E *row = v[j] + d0;
     for (int i = 0; i < NC; ++i) {
-      const Vec x = kTail ? Load(row, tail) : Load(row + i * kWidth);
+      const Vec x = InRegister(kTail ? Load(row, tail) : Load(row + i * kWidth));
       for (int r = 0; r < MR; ++r) a[r * NC + i] = Fma(pj[r], x, a[r * NC + i]);
     }
   }
