@@ -93,6 +93,7 @@ inline bool TileMasked(const Problem &p, const Unit &u, int64_t kv0, int64_t n) 
 
 // The per-row bias, the score bias (pse) and the mask, on the scores of keys [kv0, kv0 + n).
 inline void BiasAndMask(const Problem &p, const Unit &u, int64_t kv0, int64_t n, Scratch &sc) {
+  if (!p.kv.antiquant.enabled() && p.bias.data == nullptr && p.mask.data == nullptr) return;
   const int64_t G = p.G;
   for (int64_t r = 0; r < u.np * G; ++r) {
     float *s = sc.scores + r * kKeyTile;

@@ -23,9 +23,11 @@ inline void ValueBlock(float *acc, int64_t lda, const float *corr, const float *
   Vec a[MR * NC];
   for (int r = 0; r < MR; ++r) {
     const Vec c = Set1(corr[r]);
+    const bool rescale = corr[r] != 1.f;  // mostly 1 once a row's max has settled: skip the multiplies
     for (int i = 0; i < NC; ++i) {
       const float *src = acc + r * lda + d0 + i * kWidth;
-      a[r * NC + i] = Mul(kTail ? Load(src, tail) : Load(src), c);
+      const Vec x = kTail ? Load(src, tail) : Load(src);
+      a[r * NC + i] = rescale ? Mul(x, c) : x;
     }
   }
   for (int64_t j = 0; j < n; ++j) {
