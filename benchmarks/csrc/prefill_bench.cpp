@@ -31,13 +31,14 @@ struct Case {
   int64_t B, N, kvN, S, D;
   msa::DType dtype;
   bool causal;
+  bool decode = false;  // one query position (incre_flash_attention's shape): memory bound, reported in GB/s
 };
 
 std::string Name(const Case &c) {
   char buf[160];
   std::snprintf(buf, sizeof(buf), "B=%lld N=%lld kvN=%lld S=%lld D=%lld %s %s", (long long)c.B, (long long)c.N,
                 (long long)c.kvN, (long long)c.S, (long long)c.D, c.dtype == msa::abi::kFloat16 ? "fp16" : "bf16",
-                c.causal ? "causal" : "full");
+                c.decode ? "decode" : c.causal ? "causal" : "full");
   return buf;
 }
 
@@ -84,7 +85,8 @@ Rate Peak(int repeats) {
 // Best rates of `repeats` runs of the case.
 Rate RunCase(const Case &c, int repeats) {
   using namespace msa;
-  const int64_t q_elems = c.B * c.N * c.S * c.D, kv_elems = c.B * c.kvN * c.S * c.D;
+  const int64_t Sq = c.decode ? 1 : c.S;
+  const int64_t q_elems = c.B * c.N * Sq * c.D, kv_elems = c.B * c.kvN * c.S * c.D;
   std::vector<uint16_t> q(q_elems), k(kv_elems), v(kv_elems), out(q_elems);
   std::mt19937 rng(0);
   std::normal_distribution<float> normal(0.f, 1.f);
@@ -99,12 +101,12 @@ Rate RunCase(const Case &c, int repeats) {
   p.kvN = c.kvN;
   p.G = c.N / c.kvN;
   p.D = c.D;
-  p.Sq = c.S;
+  p.Sq = Sq;
   p.scale = 1.f / std::sqrt(static_cast<float>(c.D));
   p.q_dtype = p.out_dtype = c.dtype;
   p.query = q.data();
   p.q_numel = q_elems;
-  p.q_rows = DenseStrides(abi::kBnsd, c.N, c.S, c.D);
+  p.q_rows = DenseStrides(abi::kBnsd, c.N, Sq, c.D);
   p.out = out.data();
   p.out_numel = q_elems;
   p.out_rows = p.q_rows;
@@ -115,10 +117,10 @@ Rate RunCase(const Case &c, int repeats) {
   p.kv.stored_len = c.S;
   p.kv.rows = DenseStrides(abi::kBnsd, c.kvN, c.S, c.D);
   p.q_start.assign(c.B, 0);
-  p.q_len.assign(c.B, c.S);
+  p.q_len.assign(c.B, Sq);
   p.kv_start.assign(c.B, 0);
   p.kv_len.assign(c.B, c.S);
-  double pairs = static_cast<double>(c.S) * c.S;
+  double pairs = static_cast<double>(Sq) * c.S;
   if (c.causal) {
     mask.resize(c.S * c.S);
     for (int64_t i = 0; i < c.S; ++i) {
@@ -130,7 +132,8 @@ Rate RunCase(const Case &c, int repeats) {
     p.mask.row = c.S;
     pairs = static_cast<double>(c.S) * (c.S + 1) / 2;
   }
-  const double flops = 4.0 * c.B * c.N * c.D * pairs;
+  // decode: K/V bytes read instead of flops (the rates are then GB/s)
+  const double flops = c.decode ? 2.0 * kv_elems * 2 : 4.0 * c.B * c.N * c.D * pairs;
   RunAttention(p);  // warm up (page faults, pool start)
   Rate best;
   for (int r = 0; r < repeats; ++r) best.Best(flops, Measure([&] { RunAttention(p); }));
@@ -150,6 +153,7 @@ int main(int argc, char **argv) {
       {1, 8, 8, 8192, 128, kFloat16, false},   {1, 8, 8, 8192, 128, kBfloat16, false},
       {1, 8, 8, 8192, 128, kFloat16, true},    {1, 8, 8, 8192, 128, kBfloat16, true},
       {1, 32, 8, 2048, 128, kFloat16, false},  {1, 32, 8, 2048, 128, kBfloat16, true},
+      {8, 32, 8, 4096, 128, kFloat16, false, true}, {1, 32, 8, 32768, 128, kBfloat16, false, true},
   };
   Rate peak = Peak(5);
   std::printf("threads %d, fp32 FMA peak (kernel library loop): %.1f GFLOP/s (%.1f per CPU second)\n",
@@ -163,7 +167,11 @@ int main(int argc, char **argv) {
     const Rate again = Peak(3);
     peak.wall = std::max(peak.wall, again.wall);
     peak.cpu = std::max(peak.cpu, again.cpu);
-    std::printf("%-48s %8.1f %6.2f %8.2f\n", name.c_str(), rate.wall, rate.wall / peak.wall, rate.cpu / peak.cpu);
+    if (c.decode) {
+      std::printf("%-48s %8.1f GB/s of K/V (%.1f per CPU second)\n", name.c_str(), rate.wall, rate.cpu);
+    } else {
+      std::printf("%-48s %8.1f %6.2f %8.2f\n", name.c_str(), rate.wall, rate.wall / peak.wall, rate.cpu / peak.cpu);
+    }
     std::fflush(stdout);
   }
   return 0;
