@@ -70,12 +70,10 @@ inline void ScoreTile(const float *q, int64_t ldq, int64_t rows, const E *const 
                       float *s, int64_t lds, float *row_scratch) {
 #if defined(MSA_SIMD)
   (void)row_scratch;
-#if defined(MSA_SIMD_AVX512)
   if (rows >= detail::kPackMinRows) {
     detail::ScoreTilePacked(q, ldq, rows, k, n, D, s, lds);
     return;
   }
-#endif
   constexpr int W = simd::kWidth;  // accumulators per block: one vector's worth, reduced together
   int64_t r = 0;
   for (; r + 4 <= rows; r += 4) detail::ScoreRows<E, 4, W / 4>(q + r * ldq, ldq, k, n, D, s + r * lds, lds);

@@ -26,12 +26,16 @@ inline float *TileBuffer(int slot, int64_t floats) {
   return reinterpret_cast<float *>((p + 63) & ~static_cast<uintptr_t>(63));
 }
 
+#if defined(MSA_SIMD)
+constexpr int64_t kPackKeys = 2 * simd::kWidth;  // keys per packed panel: two vectors
+constexpr int64_t kPackMinRows = 16;             // rows from which a tile is packed (below: read in place)
+
 #if defined(MSA_SIMD_AVX512)
-constexpr int64_t kPackKeys = 32;     // keys per packed panel: two vectors
-constexpr int64_t kPackMinRows = 16;  // rows from which a tile is packed (below: read in place)
+constexpr int kScorePanelRows = 12;  // 24 accumulators + 2 key vectors + a broadcast: 27 of 32 registers
+constexpr int kValueRows = 3, kValueVectors = 8;  // 24 accumulators, 3 broadcast weights, one value vector
 
 // In-place transpose of 16 vectors of 16 floats.
-inline void Transpose16(simd::Vec *r) {
+inline void Transpose(simd::Vec *r) {
   __m512 t[16];
   for (int i = 0; i < 16; i += 2) {
     t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
@@ -56,6 +60,29 @@ inline void Transpose16(simd::Vec *r) {
   }
   for (int i = 0; i < 16; ++i) r[i] = t[i];
 }
+#else  // AVX2: 16 registers
+constexpr int kScorePanelRows = 6;  // 12 accumulators + 2 key vectors + a broadcast
+constexpr int kValueRows = 3, kValueVectors = 4;
+
+// In-place transpose of 8 vectors of 8 floats.
+inline void Transpose(simd::Vec *r) {
+  __m256 t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {  // u[i + c]: column (4h + c) of rows i..i+3 in each half h
+    u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+    u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int c = 0; c < 4; ++c) {
+    r[c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x20);
+    r[4 + c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x31);
+  }
+}
+#endif
 
 // kt[d * kPackKeys + j] = k[j][d] for j < n (n <= kPackKeys), 0 for n <= j < kPackKeys, d < D.
 template <class E>
@@ -64,12 +91,12 @@ inline void PackKeysTransposed(const E *const *k, int64_t n, int64_t D, float *k
   for (int64_t j0 = 0; j0 < kPackKeys; j0 += kWidth) {
     for (int64_t d0 = 0; d0 < D; d0 += kWidth) {
       const int w = static_cast<int>(D - d0 < kWidth ? D - d0 : kWidth);
-      Vec r[16];
-      for (int i = 0; i < 16; ++i) {
+      Vec r[kWidth];
+      for (int i = 0; i < kWidth; ++i) {
         const int64_t j = j0 + i;
         r[i] = j >= n ? Zero() : w == kWidth ? Load(k[j] + d0) : Load(k[j] + d0, w);
       }
-      Transpose16(r);
+      Transpose(r);
       for (int i = 0; i < w; ++i) Store(kt + (d0 + i) * kPackKeys + j0, r[i]);
     }
   }
@@ -101,8 +128,6 @@ inline void ScorePanel(const float *q, int64_t ldq, const float *kt, int64_t D, 
     }
   }
 }
-
-constexpr int kScorePanelRows = 12;  // 24 accumulators + 2 key vectors + a broadcast: 27 of 32 registers
 
 template <int MR>
 inline void ScorePanelTail(const float *q, int64_t ldq, int64_t rows, const float *kt, int64_t D, int64_t n,

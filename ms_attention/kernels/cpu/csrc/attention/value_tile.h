@@ -71,22 +71,20 @@ inline void AccumulateTile(float *acc, int64_t lda, int64_t rows, const float *c
                            const E *const *v, int64_t n, int64_t D, float *row_scratch) {
 #if defined(MSA_SIMD)
   (void)row_scratch;
-#if defined(MSA_SIMD_AVX512)
   if (rows >= detail::kPackMinRows && n <= detail::kPackKeys) {
     const float *vrows[detail::kPackKeys];
     detail::WidenValues(v, n, D, detail::TileBuffer(1, n * D), vrows);
-    constexpr int MR = 3, NC = 8;  // 24 accumulators, 3 broadcast weights, one value vector
+    constexpr int MR = detail::kValueRows, NC = detail::kValueVectors;
     int64_t r = 0;
     for (; r + MR <= rows; r += MR) {
       detail::ValueRows<float, MR, NC>(acc + r * lda, lda, corr + r, p + r * ldp, ldp, vrows, n, D);
     }
     for (; r + 2 <= rows; r += 2) {
-      detail::ValueRows<float, 2, 8>(acc + r * lda, lda, corr + r, p + r * ldp, ldp, vrows, n, D);
+      detail::ValueRows<float, 2, NC>(acc + r * lda, lda, corr + r, p + r * ldp, ldp, vrows, n, D);
     }
-    if (r < rows) detail::ValueRows<float, 1, 8>(acc + r * lda, lda, corr + r, p + r * ldp, ldp, vrows, n, D);
+    if (r < rows) detail::ValueRows<float, 1, NC>(acc + r * lda, lda, corr + r, p + r * ldp, ldp, vrows, n, D);
     return;
   }
-#endif
   // Register budget per block: MR * NC accumulators plus MR broadcast weights and one value vector.
   constexpr int kAcc = simd::kWidth;  // 16 accumulators with AVX-512 (32 registers), 8 with AVX2 (16)
   int64_t r = 0;
