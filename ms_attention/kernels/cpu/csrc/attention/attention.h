@@ -26,6 +26,7 @@ namespace msa {
 constexpr int64_t kKeyTile = 32;        // keys per tile (measured: faster than 64 and 128 for decode)
 constexpr int64_t kMaxBlockRows = 64;   // query rows per unit of work (at least G)
 constexpr int64_t kMinSplitKeys = 256;  // a key split shorter than this is not worth its merge
+constexpr int64_t kPrefetchRows = 16;   // from this many rows a tile takes long enough to prefetch the next one
 
 namespace detail {
 
@@ -133,7 +134,7 @@ void AttendUnit(const Problem &p, const Unit &u, Scratch &sc, float *m, float *l
   std::fill(acc, acc + rows * D, 0.f);
   // Rows that do not follow each other in memory (token-major layouts, paged caches) defeat the hardware
   // prefetcher: ask for the next tile's rows while this one is computed.
-  const bool prefetch = p.kv.paged || p.kv.rows.seq != D;
+  const bool prefetch = p.kv.paged || p.kv.rows.seq != D || rows >= kPrefetchRows;
   const E *k[kKeyTile], *v[kKeyTile], *next_k[kKeyTile], *next_v[kKeyTile];
   for (int64_t t = u.t0; t < u.t1; t += kKeyTile) {
     const int64_t n = std::min(kKeyTile, u.t1 - t), kv0 = p.kv_start[u.b] + t;
