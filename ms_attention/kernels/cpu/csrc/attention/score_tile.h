@@ -71,8 +71,10 @@ inline void ScoreTile(const float *q, int64_t ldq, int64_t rows, const E *const 
 #if defined(MSA_SIMD)
   (void)row_scratch;
   if (rows >= detail::kPackMinRows) {
-    detail::ScoreTilePacked(q, ldq, rows, k, n, D, s, lds);
-    return;
+    if (float *kt = detail::TileBuffer(0, D * detail::kPackKeys)) {
+      detail::ScoreTilePacked(q, ldq, rows, k, n, D, s, lds, kt);
+      return;
+    }
   }
   constexpr int W = simd::kWidth;  // accumulators per block: one vector's worth, reduced together
   int64_t r = 0;

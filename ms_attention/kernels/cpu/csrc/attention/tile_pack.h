@@ -16,12 +16,19 @@
 namespace msa {
 namespace detail {
 
-// A per-thread float buffer of at least `floats` elements, 64-byte aligned. It grows on a thread's first large
-// tile and is then reused: no allocation on the hot path.
-inline float *TileBuffer(int slot, int64_t floats) {
+// Per-thread float buffer `which` (0: keys, 1: values) of at least `floats` elements, 64-byte aligned. It grows
+// on a thread's first large tile and is then reused: no allocation on the hot path. nullptr when it cannot grow
+// (the tiles then take their in-place paths: nothing may throw inside a ParallelFor).
+inline float *TileBuffer(int which, int64_t floats) noexcept {
   thread_local std::vector<float> buffers[2];
-  std::vector<float> &b = buffers[slot];
-  if (static_cast<int64_t>(b.size()) < floats + 16) b.resize(static_cast<size_t>(floats + 16));
+  std::vector<float> &b = buffers[which];
+  if (static_cast<int64_t>(b.size()) < floats + 16) {
+    try {
+      b.resize(static_cast<size_t>(floats + 16));
+    } catch (...) {
+      return nullptr;
+    }
+  }
   const uintptr_t p = reinterpret_cast<uintptr_t>(b.data());
   return reinterpret_cast<float *>((p + 63) & ~static_cast<uintptr_t>(63));
 }
@@ -142,10 +149,10 @@ inline void ScorePanelTail(const float *q, int64_t ldq, int64_t rows, const floa
 }
 
 // The packed score tile: keys in panels of kPackKeys, rows in blocks of kScorePanelRows.
+// kt: D * kPackKeys floats.
 template <class E>
 inline void ScoreTilePacked(const float *q, int64_t ldq, int64_t rows, const E *const *k, int64_t n, int64_t D,
-                            float *s, int64_t lds) {
-  float *kt = TileBuffer(0, D * kPackKeys);
+                            float *s, int64_t lds, float *kt) {
   for (int64_t j = 0; j < n; j += kPackKeys) {
     const int64_t nj = n - j < kPackKeys ? n - j : kPackKeys;
     PackKeysTransposed(k + j, nj, D, kt);

@@ -71,9 +71,10 @@ inline void AccumulateTile(float *acc, int64_t lda, int64_t rows, const float *c
                            const E *const *v, int64_t n, int64_t D, float *row_scratch) {
 #if defined(MSA_SIMD)
   (void)row_scratch;
-  if (rows >= detail::kPackMinRows && n <= detail::kPackKeys) {
+  float *vw = rows >= detail::kPackMinRows && n <= detail::kPackKeys ? detail::TileBuffer(1, n * D) : nullptr;
+  if (vw != nullptr) {  // values widened once, then read as float32 by every row block
     const float *vrows[detail::kPackKeys];
-    detail::WidenValues(v, n, D, detail::TileBuffer(1, n * D), vrows);
+    detail::WidenValues(v, n, D, vw, vrows);
     constexpr int MR = detail::kValueRows, NC = detail::kValueVectors;
     int64_t r = 0;
     for (; r + MR <= rows; r += MR) {
