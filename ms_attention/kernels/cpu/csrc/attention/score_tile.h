@@ -4,7 +4,9 @@
 // The query rows are float32 (already scaled); the keys stay in their storage type (float16, bfloat16, int8)
 // and are widened in registers as they are loaded, each key vector serving every query row of the block.
 // A block of MR rows x NR keys keeps its MR * NR partial sums in vector registers over the whole head dim,
-// then reduces them all at once (simd::SumEach) when MR * NR is a full vector's worth.
+// then reduces them all at once (simd::SumEach) when MR * NR is a full vector's worth. That is the path of few
+// rows (decode); from kPackMinRows rows on (prefill) the key tile is packed once and the scores computed as an
+// outer-product micro-GEMM instead (tile_pack.h).
 #pragma once
 
 #include <cstdint>

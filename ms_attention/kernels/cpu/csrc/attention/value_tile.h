@@ -2,7 +2,8 @@
 //
 // The values stay in their storage type and are widened in registers; each loaded value vector serves
 // every row of the block, and a block's slice of the accumulators stays in registers for the whole tile
-// (one load and one store of acc per tile instead of one per key).
+// (one load and one store of acc per tile instead of one per key). From kPackMinRows rows on (prefill) the value
+// tile is first widened to float32 once (tile_pack.h), so the blocks read float32 rows with no conversion.
 #pragma once
 
 #include <cstdint>
