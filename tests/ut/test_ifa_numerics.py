@@ -20,6 +20,13 @@ def test_gqa_groups(mode, n, kvn):
     Case(b=2, n=n, kvn=kvn, s=50, d=32, layout="BNSD").check(mode)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_large_group_takes_packed_tiles(mode, dtype):
+    # 20 query heads per KV head: the packed (prefill) tile paths with their row remainders, partial key tiles
+    # and a head dim that is not a multiple of the vector width
+    Case(b=2, n=20, kvn=1, s=75, d=40, layout="BSH", dtype=dtype).check(mode)
+
+
 def test_num_key_value_heads_zero_means_num_heads(mode):
     case = Case(b=2, n=4, kvn=4, s=20, d=32)
     case.attrs["num_key_value_heads"] = 0

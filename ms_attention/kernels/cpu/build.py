@@ -1,6 +1,7 @@
 """Compiles the C++ kernels into plain shared libraries with a C ABI (used by setup.py; runnable by hand).
 
-Two variants: `native` (-march=native, for the machine it is installed on) and `portable` (baseline x86-64).
+Three variants: `native` (-march=native, for the machine it is installed on), `avx2` (AVX2 + FMA + F16C, for
+a copy that lands on another x86-64 CPU of the last decade) and `portable` (baseline x86-64, scalar loops).
 build_info.json records, for each, the instruction-set extensions it needs; loader.py picks the best one the
 running CPU supports. This file imports nothing from ms_attention, so setup.py can load it on its own.
 
@@ -21,7 +22,7 @@ SOURCES = sorted(glob.glob(os.path.join(CSRC, "*.cpp")))  # one per operator, pl
 # exceptions a kernel throws cross into it, so the library must use the same ABI.
 BASE_FLAGS = ["-std=c++17", "-O3", "-fopenmp-simd", "-pthread", "-fPIC", "-shared", "-fno-math-errno", "-Wall",
               "-Wno-maybe-uninitialized", "-D_GLIBCXX_USE_CXX11_ABI=0"]
-VARIANTS = {"native": ["-march=native", "-mtune=native"], "portable": []}
+VARIANTS = {"native": ["-march=native", "-mtune=native"], "avx2": ["-mavx2", "-mfma", "-mf16c"], "portable": []}
 
 
 def _compile(cxx, out_path, extra):

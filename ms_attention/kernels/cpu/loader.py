@@ -1,9 +1,10 @@
 """Finds the compiled CPU kernel library and checks that this CPU can run it.
 
-setup.py builds two copies: one for the build machine (-march=native) and a portable one. build_info.json,
-written beside them, records the instruction-set extensions each was compiled for; the native copy is used
-only when /proc/cpuinfo has all of them, so a wheel copied to an older CPU falls back instead of crashing.
-MS_ATTENTION_KERNEL=native|portable|reference forces a choice (reference: no native library at all).
+setup.py builds three copies: one for the build machine (-march=native), one for AVX2 CPUs and a portable one.
+build_info.json, written beside them, records the instruction-set extensions each was compiled for; a copy is
+used only when /proc/cpuinfo has all of them (tried in that order), so a wheel copied to an older CPU falls back
+instead of crashing. MS_ATTENTION_KERNEL=native|avx2|portable|reference forces a choice (reference: no native
+library at all).
 """
 import ctypes
 import dataclasses
@@ -21,7 +22,7 @@ BUILD_INFO = os.path.join(HERE, "build_info.json")
 @dataclasses.dataclass(frozen=True)
 class Library:
     path: str
-    variant: str                  # 'native' or 'portable'
+    variant: str                  # 'native', 'avx2' or 'portable'
     isa: Tuple[str, ...]
     kernels: Tuple[str, ...]      # the operators whose kernel and InferShape the library exports
     handle: ctypes.CDLL
@@ -54,7 +55,7 @@ def library() -> Optional[Library]:
     with open(BUILD_INFO, encoding="utf-8") as f:
         info = json.load(f)
     flags = cpu_flags()
-    for variant in ("native", "portable"):
+    for variant in ("native", "avx2", "portable"):
         entry = info.get(variant)
         if entry is None or (forced and forced != variant):
             continue

@@ -28,6 +28,7 @@ namespace msa {
 constexpr int64_t kKeyTile = 32;        // keys per tile (measured: faster than 64 and 128 for decode)
 constexpr int64_t kMaxBlockRows = 64;   // query rows per unit of work (at least G)
 constexpr int64_t kMinSplitKeys = 256;  // a key split shorter than this is not worth its merge
+constexpr int64_t kPrefetchRows = 16;   // from this many rows a tile takes long enough to prefetch the next one
 
 namespace detail {
 
@@ -147,6 +148,7 @@ inline void ApplyKeyTokens(const Problem &p, const Unit &u, int64_t j, int64_t n
 // The per-row bias, the score bias (pse), the mask and the band, on the scores of keys [j, j + n).
 // in_band: every key of the tile lies inside every row's band (no per-element band test).
 inline void BiasAndMask(const Problem &p, const Unit &u, int64_t j, int64_t n, bool in_band, Scratch &sc) {
+  if (in_band && !p.kv.antiquant.enabled() && p.bias.data == nullptr && p.mask.data == nullptr) return;
   const int64_t G = p.G, b = u.b;
   for (int64_t r = 0; r < u.np * G; ++r) {
     float *s = sc.scores + r * kKeyTile;
@@ -237,7 +239,7 @@ void AttendUnit(const Problem &p, const Unit &u, Scratch &sc, float *m, float *l
   std::fill(acc, acc + rows * lda, 0.f);
   // Rows that do not follow each other in memory (token-major layouts, paged caches) defeat the hardware
   // prefetcher: ask for the next tile's rows while this one is computed.
-  const bool prefetch = p.kv.paged || p.kv.rows.seq != D;
+  const bool prefetch = p.kv.paged || p.kv.rows.seq != D || rows >= kPrefetchRows;
   const bool discard_mask = p.mask.data != nullptr && !p.mask.additive;
   const E *k[kKeyTile], *v[kKeyTile], *next_k[kKeyTile], *next_v[kKeyTile];
   for (int64_t j = u.t0; j < u.t1; j += kKeyTile) {
@@ -250,8 +252,7 @@ void AttendUnit(const Problem &p, const Unit &u, Scratch &sc, float *m, float *l
     if (discard_mask && TileMasked(p, u, j, n)) continue;
     KeyTileRows(p, u.b, u.kh, j, n, k, v);
     TileScores<E, R>(p, u, j, n, k, sc);
-    bool any = false;
-    for (int64_t r = 0; r < rows; ++r) any |= SoftmaxTile(sc.scores + r * kKeyTile, n, m + r, l + r, sc.corr + r);
+    const bool any = SoftmaxTileRows(sc.scores, kKeyTile, rows, n, m, l, sc.corr);
     if (!any) continue;  // every key of the tile is masked for every row: its values are never needed
     if (p.full_quant.enabled) continue;  // first pass: only m and l; QuantizedValues does the values
     if (p.kv.value_tokens.enabled()) ApplyValueTokens(p, u, j, n, sc, acc, lda);

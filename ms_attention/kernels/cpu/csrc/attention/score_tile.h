@@ -4,12 +4,15 @@
 // The query rows are float32 (already scaled); the keys stay in their storage type (float16, bfloat16, int8)
 // and are widened in registers as they are loaded, each key vector serving every query row of the block.
 // A block of MR rows x NR keys keeps its MR * NR partial sums in vector registers over the whole head dim,
-// then reduces them all at once (simd::SumEach) when MR * NR is a full vector's worth.
+// then reduces them all at once (simd::SumEach) when MR * NR is a full vector's worth. That is the path of few
+// rows (decode); from kPackMinRows rows on (prefill) the key tile is packed once and the scores computed as an
+// outer-product micro-GEMM instead (tile_pack.h).
 #pragma once
 
 #include <cstdint>
 
 #include "attention/simd.h"
+#include "attention/tile_pack.h"
 
 namespace msa {
 namespace detail {
@@ -69,6 +72,12 @@ inline void ScoreTile(const float *q, int64_t ldq, int64_t rows, const E *const 
                       float *s, int64_t lds, float *row_scratch) {
 #if defined(MSA_SIMD)
   (void)row_scratch;
+  if (rows >= detail::kPackMinRows) {
+    if (float *kt = detail::TileBuffer(0, D * detail::kPackKeys)) {
+      detail::ScoreTilePacked(q, ldq, rows, k, n, D, s, lds, kt);
+      return;
+    }
+  }
   constexpr int W = simd::kWidth;  // accumulators per block: one vector's worth, reduced together
   int64_t r = 0;
   for (; r + 4 <= rows; r += 4) detail::ScoreRows<E, 4, W / 4>(q + r * ldq, ldq, k, n, D, s + r * lds, lds);

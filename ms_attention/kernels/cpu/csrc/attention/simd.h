@@ -40,6 +40,12 @@ inline Vec Mul(Vec a, Vec b) { return _mm512_mul_ps(a, b); }
 inline Vec Fma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }  // a * b + c
 inline Vec Max(Vec a, Vec b) { return _mm512_max_ps(a, b); }
 inline float ReduceAdd(Vec v) { return _mm512_reduce_add_ps(v); }
+// v, kept in a register: stops the compiler from folding the load of v into each instruction that uses it
+// (one load per use instead of one in all, which makes a register-blocked kernel load-bound).
+inline Vec InRegister(Vec v) {
+  __asm__("" : "+v"(v));
+  return v;
+}
 inline float ReduceMax(Vec v) { return _mm512_reduce_max_ps(v); }
 
 inline Vec Load(const float *p) { return _mm512_loadu_ps(p); }
@@ -62,24 +68,27 @@ inline Vec Load(const BFloat16 *p, int n) { return BF16BitsToFloat(_mm256_maskz_
 inline Vec Load(const int8_t *p) { return Int8ToFloat(_mm_loadu_si128(reinterpret_cast<const __m128i *>(p))); }
 inline Vec Load(const int8_t *p, int n) { return Int8ToFloat(_mm_maskz_loadu_epi8(FirstN(n), p)); }
 
-// Lane i of the result is the sum of v[i], for kWidth vectors: the three halvings of a transpose-and-add
-// tree, 45 shuffles and adds for 16 sums instead of 16 separate reductions. The tree leaves sum i in lane
-// 4 * (i % 4) + i / 4, so the inputs are fed in that (self-inverse) order to get the sums in order.
-inline Vec SumEach(const Vec *v) {
+// Lane i of the result is op over the lanes of v[i], for kWidth vectors: the three halvings of a
+// transpose-and-combine tree, 45 shuffles and ops for 16 results instead of 16 separate reductions. The tree
+// leaves result i in lane 4 * (i % 4) + i / 4, so the inputs are fed in that (self-inverse) order.
+template <class Op>
+inline Vec CombineEach(const Vec *v, Op op) {
   auto in = [v](int i) { return v[(i % 4) * 4 + i / 4]; };
   Vec w[8], u[4];
   for (int k = 0; k < 8; ++k) {  // lanes 0-1: halves of input 2k, lanes 2-3: of input 2k+1
     const Vec a = in(2 * k), b = in(2 * k + 1);
-    w[k] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
+    w[k] = op(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
   }
-  for (int m = 0; m < 4; ++m) {  // lane k: four partial sums of input 4m + k
+  for (int m = 0; m < 4; ++m) {  // lane k: four partial results of input 4m + k
     const Vec a = w[2 * m], b = w[2 * m + 1];
-    u[m] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x88), _mm512_shuffle_f32x4(a, b, 0xDD));
+    u[m] = op(_mm512_shuffle_f32x4(a, b, 0x88), _mm512_shuffle_f32x4(a, b, 0xDD));
   }
-  const Vec t0 = _mm512_add_ps(_mm512_unpacklo_ps(u[0], u[1]), _mm512_unpackhi_ps(u[0], u[1]));
-  const Vec t1 = _mm512_add_ps(_mm512_unpacklo_ps(u[2], u[3]), _mm512_unpackhi_ps(u[2], u[3]));
-  return _mm512_add_ps(_mm512_shuffle_ps(t0, t1, 0x44), _mm512_shuffle_ps(t0, t1, 0xEE));
+  const Vec t0 = op(_mm512_unpacklo_ps(u[0], u[1]), _mm512_unpackhi_ps(u[0], u[1]));
+  const Vec t1 = op(_mm512_unpacklo_ps(u[2], u[3]), _mm512_unpackhi_ps(u[2], u[3]));
+  return op(_mm512_shuffle_ps(t0, t1, 0x44), _mm512_shuffle_ps(t0, t1, 0xEE));
 }
+inline Vec SumEach(const Vec *v) { return CombineEach(v, [](Vec a, Vec b) { return _mm512_add_ps(a, b); }); }
+inline Vec MaxEach(const Vec *v) { return CombineEach(v, [](Vec a, Vec b) { return _mm512_max_ps(a, b); }); }
 
 // exp(x) = 2^n * exp(r), n = round(x / ln 2), |r| <= ln 2 / 2, with Cephes' expf polynomial for exp(r)
 // (about 1 ulp). Inputs below -104 (and -inf) give 0: scalef underflows through the subnormals.
@@ -117,6 +126,10 @@ inline Vec Sub(Vec a, Vec b) { return _mm256_sub_ps(a, b); }
 inline Vec Mul(Vec a, Vec b) { return _mm256_mul_ps(a, b); }
 inline Vec Fma(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
 inline Vec Max(Vec a, Vec b) { return _mm256_max_ps(a, b); }
+inline Vec InRegister(Vec v) {
+  __asm__("" : "+x"(v));
+  return v;
+}
 inline float ReduceAdd(Vec v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));

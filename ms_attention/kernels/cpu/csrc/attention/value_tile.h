@@ -2,12 +2,14 @@
 //
 // The values stay in their storage type and are widened in registers; each loaded value vector serves
 // every row of the block, and a block's slice of the accumulators stays in registers for the whole tile
-// (one load and one store of acc per tile instead of one per key).
+// (one load and one store of acc per tile instead of one per key). From kPackMinRows rows on (prefill) the value
+// tile is first widened to float32 once (tile_pack.h), so the blocks read float32 rows with no conversion.
 #pragma once
 
 #include <cstdint>
 
 #include "attention/simd.h"
+#include "attention/tile_pack.h"
 
 namespace msa {
 namespace detail {
@@ -22,9 +24,11 @@ inline void ValueBlock(float *acc, int64_t lda, const float *corr, const float *
   Vec a[MR * NC];
   for (int r = 0; r < MR; ++r) {
     const Vec c = Set1(corr[r]);
+    const bool rescale = corr[r] != 1.f;  // mostly 1 once a row's max has settled: skip the multiplies
     for (int i = 0; i < NC; ++i) {
       const float *src = acc + r * lda + d0 + i * kWidth;
-      a[r * NC + i] = Mul(kTail ? Load(src, tail) : Load(src), c);
+      const Vec x = kTail ? Load(src, tail) : Load(src);
+      a[r * NC + i] = rescale ? Mul(x, c) : x;
     }
   }
   for (int64_t j = 0; j < n; ++j) {
@@ -32,7 +36,7 @@ inline void ValueBlock(float *acc, int64_t lda, const float *corr, const float *
     for (int r = 0; r < MR; ++r) pj[r] = Set1(p[r * ldp + j]);
     const E *row = v[j] + d0;
     for (int i = 0; i < NC; ++i) {
-      const Vec x = kTail ? Load(row, tail) : Load(row + i * kWidth);
+      const Vec x = InRegister(kTail ? Load(row, tail) : Load(row + i * kWidth));
       for (int r = 0; r < MR; ++r) a[r * NC + i] = Fma(pj[r], x, a[r * NC + i]);
     }
   }
@@ -68,6 +72,21 @@ inline void AccumulateTile(float *acc, int64_t lda, int64_t rows, const float *c
                            const E *const *v, int64_t n, int64_t D, float *row_scratch) {
 #if defined(MSA_SIMD)
   (void)row_scratch;
+  float *vw = rows >= detail::kPackMinRows && n <= detail::kPackKeys ? detail::TileBuffer(1, n * D) : nullptr;
+  if (vw != nullptr) {  // values widened once, then read as float32 by every row block
+    const float *vrows[detail::kPackKeys];
+    detail::WidenValues(v, n, D, vw, vrows);
+    constexpr int MR = detail::kValueRows, NC = detail::kValueVectors;
+    int64_t r = 0;
+    for (; r + MR <= rows; r += MR) {
+      detail::ValueRows<float, MR, NC>(acc + r * lda, lda, corr + r, p + r * ldp, ldp, vrows, n, D);
+    }
+    for (; r + 2 <= rows; r += 2) {
+      detail::ValueRows<float, 2, NC>(acc + r * lda, lda, corr + r, p + r * ldp, ldp, vrows, n, D);
+    }
+    if (r < rows) detail::ValueRows<float, 1, NC>(acc + r * lda, lda, corr + r, p + r * ldp, ldp, vrows, n, D);
+    return;
+  }
   // Register budget per block: MR * NC accumulators plus MR broadcast weights and one value vector.
   constexpr int kAcc = simd::kWidth;  // 16 accumulators with AVX-512 (32 registers), 8 with AVX2 (16)
   int64_t r = 0;
