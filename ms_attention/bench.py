@@ -1,4 +1,5 @@
-"""incre_flash_attention benchmark: the kernel as a fraction of this machine's limits, measured in the same run.
+"""The benchmark: decode (incre_flash_attention) and prefill (prompt_flash_attention, bench_prefill.py) as fractions
+of this machine's limits, measured in the same run.
 
 Decode reads every K/V byte once, so its limit is memory bandwidth: the report gives the kernel's effective
 K/V read rate over the best streaming read rate numpy reaches here (sum of a large array) and over copy
@@ -13,7 +14,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor
 
-from ms_attention import machine, ops
+from ms_attention import bench_prefill, machine, ops
 from ms_attention.kernels.cpu import loader
 
 
@@ -100,5 +101,6 @@ def main(quick=False):
         row["of_copy_bw"] = row["kv_GBps"] / limits["copy_GBps"]
         rows.append(row)
         print(f"{row['shape']:58s} {row['ms']:8.3f} ms  K/V {row['kv_GBps']:6.1f} GB/s  "
-              f"= {row['of_read_bw']:.2f} x read bw, {row['of_copy_bw']:.2f} x copy bw")
-    return {"environment": env, "limits": limits, "results": rows}
+              f"= {row['of_read_bw']:.2f} x read bw, {row['of_copy_bw']:.2f} x copy bw", flush=True)
+    prefill = bench_prefill.run(fma, quick=quick) if fma else []
+    return {"environment": env, "limits": limits, "results": rows, "prefill": prefill}
