@@ -154,6 +154,7 @@ int main(int argc, char **argv) {
       {1, 8, 8, 8192, 128, kFloat16, true},    {1, 8, 8, 8192, 128, kBfloat16, true},
       {1, 32, 8, 2048, 128, kFloat16, false},  {1, 32, 8, 2048, 128, kBfloat16, true},
       {8, 32, 8, 4096, 128, kFloat16, false, true}, {1, 32, 8, 32768, 128, kBfloat16, false, true},
+      {8, 32, 2, 4096, 128, kFloat16, false, true},  // a group of 16 heads: decode through the packed tiles
   };
   Rate peak = Peak(5);
   std::printf("threads %d, fp32 FMA peak (kernel library loop): %.1f GFLOP/s (%.1f per CPU second)\n",

@@ -238,7 +238,8 @@ void AttendUnit(const Problem &p, const Unit &u, Scratch &sc, float *m, float *l
   std::fill(l, l + rows, 0.f);
   std::fill(acc, acc + rows * lda, 0.f);
   // Rows that do not follow each other in memory (token-major layouts, paged caches) defeat the hardware
-  // prefetcher: ask for the next tile's rows while this one is computed.
+  // prefetcher, and a block of many rows (prefill) packs each tile at once, stalling on its first touch: ask
+  // for the next tile's rows while this one is computed.
   const bool prefetch = p.kv.paged || p.kv.rows.seq != D || rows >= kPrefetchRows;
   const bool discard_mask = p.mask.data != nullptr && !p.mask.additive;
   const E *k[kKeyTile], *v[kKeyTile], *next_k[kKeyTile], *next_v[kKeyTile];
