@@ -25,11 +25,15 @@ BASE_FLAGS = ["-std=c++17", "-O3", "-fopenmp-simd", "-pthread", "-fPIC", "-share
 VARIANTS = {"native": ["-march=native", "-mtune=native"], "avx2": ["-mavx2", "-mfma", "-mf16c"], "portable": []}
 
 
-def _compile(cxx, out_path, extra):
+def _start_compile(cxx, out_path, extra):
     cmd = [cxx] + BASE_FLAGS + ["-I", CSRC] + extra + SOURCES + ["-o", out_path]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.stderr.write(f"ms_attention: kernel build failed: {' '.join(cmd)}\n{result.stderr}\n")
+    return cmd, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finished(cmd, process):
+    _, stderr = process.communicate()
+    if process.returncode != 0:
+        sys.stderr.write(f"ms_attention: kernel build failed: {' '.join(cmd)}\n{stderr}\n")
         return False
     return True
 
@@ -49,10 +53,14 @@ def build(out_dir):
         return {}
     os.makedirs(out_dir, exist_ok=True)
     info = {"compiler": cxx}
+    # the variants compile side by side (each is one compiler process): install time is the slowest, not the sum
+    jobs = {}
     for variant, flags in VARIANTS.items():
         file_name = f"libms_attention_cpu_{variant}.so"
-        path = os.path.join(out_dir, file_name)
-        if _compile(cxx, path, flags):
+        jobs[variant] = (file_name, flags, _start_compile(cxx, os.path.join(out_dir, file_name), flags))
+    for variant, (file_name, flags, (cmd, process)) in jobs.items():
+        if _finished(cmd, process):
+            path = os.path.join(out_dir, file_name)
             info[variant] = {"file": file_name, "flags": BASE_FLAGS + flags, "isa": _isa(path)}
     if "native" not in info and "portable" not in info:
         return {}
