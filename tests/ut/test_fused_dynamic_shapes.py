@@ -6,7 +6,7 @@ import pytest
 import mindspore as ms
 from mindspore import Tensor, nn
 
-from fused_cases import lengths, t
+from fused_cases import MS_DTYPE as MS, lengths, t
 from ms_attention import primitives
 
 N, KVN, D = 8, 2, 32
@@ -154,3 +154,18 @@ def test_dynamic_shapes_still_check_what_is_known(what):
     kv = t((2, 100, kv_h))
     with pytest.raises(RuntimeError, match="key" if what == "head_dim" else "attn_mask"):
         cell(t((2, 4, N * D)), kv, kv, t((4, 100), "bool"), lengths([5, 5]))
+
+
+@pytest.mark.parametrize("what", ["head_dim_limit", "bfloat16_alignment"])
+def test_size_limits_unknown_at_compile_time_are_kernel_errors(what):
+    """The limits the Python checks apply to known shapes (D <= 512; PFA: a bfloat16 D aligned to 16) reach the
+    kernel when the hidden size is dynamic: the same call is rejected at run time, not computed."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    d, dtype = (520, "float16") if what == "head_dim_limit" else (40, "bfloat16")
+    cell = PromptCell()
+    cell.set_inputs(spec([None, None, None], MS[dtype]), spec([None, None, None], MS[dtype]),
+                    spec([None, None, None], MS[dtype]), None, None)
+    kv = t((1, 3, KVN * d), dtype)
+    with pytest.raises(RuntimeError, match="D <= 512" if what == "head_dim_limit" else "aligned to 16"):
+        out = cell(t((1, 2, N * d), dtype), kv, kv, None, None)
+        out.asnumpy()
