@@ -11,7 +11,7 @@ import mindspore as ms
 from mindspore import Tensor, nn
 
 from ms_attention import ops
-from fused_golden_cases import MASK, FusedCase, assert_lse_close, paged_cache, to_layout
+from fused_golden_cases import MASK, FusedCase, assert_lse_close
 from ifa_cases import assert_close, to_numpy
 
 HERE = os.path.dirname(os.path.abspath(__file__))
