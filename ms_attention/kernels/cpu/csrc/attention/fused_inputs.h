@@ -189,6 +189,9 @@ inline void ReadQuery(Context &c, Problem *p) {
   }
   // prompt_flash_attention has no incremental branch: a query of one position is a prefill there
   c.decode = !a.pfa && !c.tnd && p->Sq == 1 && !p->rope.enabled();
+  if (c.decode && q.dtype == abi::kInt8) {
+    Fail(c.prim, "the 'query' of one position (the incremental branch) must be float16 or bfloat16, but got int8.");
+  }
 }
 
 // key / value: dense in the query's layout, or a paged cache with its block table.
