@@ -14,12 +14,3 @@ def fp32_fma_gflops(seconds=0.2, repeats=3):
     fn.argtypes = [ctypes.c_double]
     return max(fn(seconds) for _ in range(repeats))
 
-
-def kernel_threads():
-    """Threads of the kernel library's pool (MS_ATTENTION_NUM_THREADS, else the CPUs this process may use)."""
-    import ctypes
-    lib = loader.library()
-    if lib is None or not hasattr(lib.handle, "msa_num_threads"):
-        return None
-    lib.handle.msa_num_threads.restype = ctypes.c_int
-    return lib.handle.msa_num_threads()

@@ -43,7 +43,6 @@ def per_batch(values: Sequence[int], b: int) -> np.ndarray:
     return np.broadcast_to(flat, (b,)) if flat.size == 1 else flat
 
 
-
 def check_cumulative(chk: Checker, name: str, values: Optional[Sequence[int]], total: int, what: str) -> None:
     """TND lengths: prefix sums without a leading 0, so non-negative, non-decreasing, the last equal to the
     total token count `total` (not checked when unknown, -1)."""

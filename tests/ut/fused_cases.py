@@ -4,7 +4,8 @@ fused_infer_attention_score_v2 (v2) tests.
 - Validation tests: t(), lengths(), run(mode, fn, kwargs) and first() call a functional from raw keyword
   arguments in PyNative, Graph (an nn.Cell holding the constants, Tensors as graph inputs) or jit.
 - Numeric tests: Case builds inputs (numpy and MindSpore), run_op() calls the public functional in a given mode,
-  and Case.check compares attention_out (and softmax_lse) with the numpy golden under SPEC.md §9's tolerances.
+  and Case.check compares attention_out (and softmax_lse) with the numpy golden under ifa_cases.assert_close's
+  per-dtype tolerances.
   Inputs are drawn once in a canonical (B, heads, S, D) form and then arranged into the case's layout, so the
   same seed gives the same numbers in every layout, paged or not."""
 import numpy as np

@@ -1,12 +1,13 @@
 """Builds prompt_flash_attention / fused_infer_attention_score / fused_infer_attention_score_v2 inputs (numpy
-and MindSpore), runs an op in a given mode and compares it with the numpy golden under SPEC.md §9's tolerances."""
+and MindSpore), runs an op in a given mode and compares it with the numpy golden (ifa_cases.assert_close's
+per-dtype tolerances)."""
 import numpy as np
 import mindspore as ms
 from mindspore import nn
 
 from ms_attention import ops
 from ms_attention.kernels.reference import fused_attention as golden
-from ifa_cases import MS_DTYPE, assert_close, round_to, to_numpy, to_tensor
+from ifa_cases import assert_close, round_to, to_numpy, to_tensor
 
 OPS = {
     "pfa": (ops.prompt_flash_attention, golden.prompt_flash_attention),

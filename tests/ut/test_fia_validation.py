@@ -66,7 +66,7 @@ def tnd(**extra):
 
 
 FIA_CASES = [
-    # SPEC: layout and sparse_mode are ValueErrors
+    # layout and sparse_mode are ValueErrors (docs/fused_infer_attention_score.md, error table)
     ("input_layout_value", with_(base(), input_layout="SBH"), ValueError, ["input_layout", "SBH"]),
     ("input_layout_bsh_bnsd", with_(base(), input_layout="BSH_BNSD"), ValueError, ["input_layout", "BSH_BNSD"]),
     ("input_layout_type", with_(base(), input_layout=1), TypeError, ["input_layout", "1"]),

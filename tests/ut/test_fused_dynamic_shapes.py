@@ -6,8 +6,8 @@ import pytest
 import mindspore as ms
 from mindspore import Tensor, nn
 
-from fused_cases import lengths, t
-from ms_attention import primitives
+from fused_cases import MS_DTYPE as MS, lengths, t
+from ms_attention import ops, primitives
 
 N, KVN, D = 8, 2, 32
 
@@ -154,3 +154,41 @@ def test_dynamic_shapes_still_check_what_is_known(what):
     kv = t((2, 100, kv_h))
     with pytest.raises(RuntimeError, match="key" if what == "head_dim" else "attn_mask"):
         cell(t((2, 4, N * D)), kv, kv, t((4, 100), "bool"), lengths([5, 5]))
+
+
+@pytest.mark.parametrize("what", ["head_dim_limit", "bfloat16_alignment"])
+def test_size_limits_unknown_at_compile_time_are_kernel_errors(what):
+    """The limits the Python checks apply to known shapes (D <= 512; PFA: a bfloat16 D aligned to 16) reach the
+    kernel when the hidden size is dynamic: the same call is rejected at run time, not computed."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    d, dtype = (520, "float16") if what == "head_dim_limit" else (40, "bfloat16")
+    cell = PromptCell()
+    cell.set_inputs(spec([None, None, None], MS[dtype]), spec([None, None, None], MS[dtype]),
+                    spec([None, None, None], MS[dtype]), None, None)
+    kv = t((1, 3, KVN * d), dtype)
+    with pytest.raises(RuntimeError, match="D <= 512" if what == "head_dim_limit" else "aligned to 16"):
+        out = cell(t((1, 2, N * d), dtype), kv, kv, None, None)
+        out.asnumpy()
+
+
+class FullQuantCell(nn.Cell):
+    def construct(self, q, k, v, deq1, quant1, deq2):
+        return ops.fused_infer_attention_score(q, k, v, num_heads=N, num_key_value_heads=KVN, input_layout="BSH",
+                                               dequant_scale1=deq1, quant_scale1=quant1, dequant_scale2=deq2)
+
+
+def test_int8_query_of_one_position_is_a_kernel_error():
+    """An int8 query (full quantization) is refused for the incremental branch; with the query length unknown at
+    compile time the kernel refuses it at run time instead of computing it."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    cell = FullQuantCell()
+    cell.set_inputs(spec([None, None, N * D], ms.int8), spec([None, None, KVN * D], ms.int8),
+                    spec([None, None, KVN * D], ms.int8), spec([1], ms.float32), spec([1], ms.float32),
+                    spec([1], ms.float32))
+    kv = t((2, 8, KVN * D), "int8", 1)
+    scale = t((1,), "float32", 1)
+    out, _ = cell(t((2, 3, N * D), "int8", 1), kv, kv, scale, scale, scale)   # a prefill: computed
+    assert out.asnumpy().shape == (2, 3, N * D)
+    with pytest.raises(RuntimeError, match="of one position"):
+        out, _ = cell(t((2, 1, N * D), "int8", 1), kv, kv, scale, scale, scale)
+        out.asnumpy()

@@ -11,7 +11,7 @@ import mindspore as ms
 from mindspore import Tensor, nn
 
 from ms_attention import ops
-from fused_golden_cases import MASK, FusedCase, assert_lse_close, paged_cache, to_layout
+from fused_golden_cases import MASK, FusedCase, assert_lse_close
 from ifa_cases import assert_close, to_numpy
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -329,3 +329,18 @@ def test_run_time_errors_in_a_fresh_process(kind, message):
                             env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "RuntimeError:" in result.stdout and message in result.stdout, result.stdout[-2000:]
+
+
+@pytest.mark.parametrize("sparse_mode,pre_tokens,next_tokens", [(0, 2 ** 63 - 1, 2 ** 63 - 1), (4, 2 ** 63 - 1, -3),
+                                                                 (0, 2 ** 53 + 1, -(2 ** 62))])
+def test_token_counts_beyond_float64_precision(mode, sparse_mode, pre_tokens, next_tokens):
+    """pre_tokens / next_tokens travel in the float64 attribute vector: values past 2^53 (INT64_MAX for "no
+    limit") still mean an unlimited (or, negative, an empty) side of the band."""
+    case = FusedCase("fia", layout="BNSD", sq=12, skv=20, seed=23)
+    if sparse_mode == 0:
+        case.random_mask((12, 20))
+    else:
+        case.add("atten_mask", np.triu(np.ones((2048, 2048)), 1), "bool")
+    case.attrs.update(sparse_mode=sparse_mode, pre_tokens=pre_tokens, next_tokens=next_tokens,
+                      softmax_lse_flag=True, actual_seq_lengths_kv=[20, 13])
+    case.check(mode)

@@ -26,8 +26,8 @@ FusedArgs ReadParameters(int nparam, void **params, int *ndims, int64_t **shapes
   const double *v = ReadAttrs(a.prim, args[in::kAttrs], op::kAttrVectorSize, op::kPresenceOffset, args);
   a.num_heads = IntAttr(a.prim, v, attr::kNumHeads, "num_heads");
   a.kv_heads = IntAttr(a.prim, v, attr::kNumKeyValueHeads, "num_key_value_heads");
-  a.pre_tokens = IntAttr(a.prim, v, attr::kPreTokens, "pre_tokens");
-  a.next_tokens = IntAttr(a.prim, v, attr::kNextTokens, "next_tokens");
+  a.pre_tokens = TokenCountAttr(a.prim, v, attr::kPreTokens, "pre_tokens");
+  a.next_tokens = TokenCountAttr(a.prim, v, attr::kNextTokens, "next_tokens");
   a.layout = static_cast<int>(IntAttr(a.prim, v, attr::kInputLayout, "input_layout"));
   a.sparse_mode = IntAttr(a.prim, v, attr::kSparseMode, "sparse_mode");
   a.block_size = IntAttr(a.prim, v, attr::kBlockSize, "block_size");

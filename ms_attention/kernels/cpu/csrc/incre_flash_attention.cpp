@@ -87,11 +87,8 @@ void CheckDecodeCall(const FusedArgs &a) {
 Problem Prepare(const FusedArgs &a) {
   CheckDecodeCall(a);
   Problem p = BuildFusedProblem(a);
-  if (p.kv.paged) {
-    CheckLimit("the max_blocks_per_seq of 'block_table'", p.kv.pages.max_blocks, limits::kMaxBlocksPerSeq);
-  } else {
-    CheckLimit("the key/value length S", p.kv.stored_len, limits::kMaxKvLength);
-  }
+  // BuildFusedProblem checks the block table's limit
+  if (!p.kv.paged) CheckLimit("the key/value length S", p.kv.stored_len, limits::kMaxKvLength);
   return p;
 }
 

@@ -189,6 +189,9 @@ inline void ReadQuery(Context &c, Problem *p) {
   }
   // prompt_flash_attention has no incremental branch: a query of one position is a prefill there
   c.decode = !a.pfa && !c.tnd && p->Sq == 1 && !p->rope.enabled();
+  if (c.decode && q.dtype == abi::kInt8) {
+    Fail(c.prim, "the 'query' of one position (the incremental branch) must be float16 or bfloat16, but got int8.");
+  }
 }
 
 // key / value: dense in the query's layout, or a paged cache with its block table.
@@ -687,6 +690,31 @@ inline void ReadSink(const Context &c, Problem *p) {
   for (int64_t h = 0; h < p->N; ++h) p->sink.push_back(ReadFloat(s, h));
 }
 
+// The size limits the Python checks apply where the shapes are known (incre_flash_attention's documented
+// limits, shared by the family) and PFA's alignment rules: with dynamic shapes only the kernel sees the sizes.
+inline void CheckLimits(const Context &c, const Problem &p) {
+  namespace limits = abi::incre_flash_attention::limits;
+  if (p.D > limits::kMaxHeadDim) {
+    Fail(c.prim, "D <= %lld is supported, but got D=%lld.", (long long)limits::kMaxHeadDim, (long long)p.D);
+  }
+  if (c.decode && p.B > limits::kMaxBatch) {
+    Fail(c.prim, "B <= %lld is supported for a query of one position, but got B=%lld.", (long long)limits::kMaxBatch,
+         (long long)p.B);
+  }
+  if (p.kv.paged && p.kv.pages.max_blocks > limits::kMaxBlocksPerSeq) {
+    Fail(c.prim, "the max_blocks_per_seq of 'block_table' must not exceed %lld, but got %lld.",
+         (long long)limits::kMaxBlocksPerSeq, (long long)p.kv.pages.max_blocks);
+  }
+  if (!c.a.pfa) return;
+  if (p.q_dtype == abi::kBfloat16 && p.D % 16 != 0) {
+    Fail(c.prim, "a bfloat16 'query' needs the head dim D aligned to 16, but got D=%lld.", (long long)p.D);
+  }
+  if (p.post_quant.per_channel && p.D % 32 != 0) {
+    Fail(c.prim, "per-channel '%s' needs the head dim D 32-byte aligned, but got D=%lld.", c.a.names.scale2,
+         (long long)p.D);
+  }
+}
+
 inline void CheckShape(const Context &c, const char *name, const Arg &a, const std::vector<int64_t> &shape) {
   bool same = a.ndim == static_cast<int>(shape.size());
   for (int d = 0; same && d < a.ndim; ++d) same = a.dim(d) == shape[d];
@@ -747,6 +775,7 @@ inline Problem BuildFusedProblem(const FusedArgs &a) {
   fused::ReadPse(c, &p);
   fused::ReadAntiquant(c, &p);
   fused::ReadQuant(c, &p);
+  fused::CheckLimits(c, p);
   fused::ReadOutputs(c, &p);
   CheckProblem(a.prim, p);
   return p;

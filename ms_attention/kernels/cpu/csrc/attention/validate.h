@@ -70,6 +70,16 @@ inline int64_t IntAttr(const char *prim, const double *attrs, int index, const c
   return static_cast<int64_t>(x);
 }
 
+// pre_tokens / next_tokens: any int64 (MindSpore networks pass INT64_MAX for "no limit"), which the float64
+// vector carries only approximately above 2^53. Every magnitude beyond 2^53 removes the band's limit on that side
+// just as well (sequences are far shorter), so such values saturate there instead of failing IntAttr.
+inline int64_t TokenCountAttr(const char *prim, const double *attrs, int index, const char *name) {
+  constexpr double kLimit = 9007199254740992.0;  // 2^53
+  const double x = attrs[index];
+  if (!std::isfinite(x) || x != std::trunc(x)) Fail(prim, "the '%s' must be an integer, but got %g.", name, x);
+  return static_cast<int64_t>(std::max(-kLimit, std::min(kLimit, x)));
+}
+
 inline void CheckDType(const char *prim, const char *name, const Arg &a, std::initializer_list<DType> allowed) {
   for (DType t : allowed) {
     if (a.dtype == t) return;
