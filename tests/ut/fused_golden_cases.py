@@ -3,10 +3,10 @@ and MindSpore), runs an op in a given mode and compares it with the numpy golden
 per-dtype tolerances)."""
 import numpy as np
 import mindspore as ms
-from mindspore import nn
 
 from ms_attention import ops
 from ms_attention.kernels.reference import fused_attention as golden
+from fused_cases import assert_lse_close, run
 from ifa_cases import assert_close, round_to, to_numpy, to_tensor
 
 OPS = {
@@ -45,37 +45,6 @@ def paged_cache(kv, block_size, rng, four_d=False):
     if not four_d:
         cache = cache.transpose(0, 2, 1, 3).reshape(num_blocks, block_size, kvn * d)
     return cache, ids
-
-
-class _Call(nn.Cell):
-    """One op call with the given tensors as graph inputs and everything else as constants."""
-
-    def __init__(self, fn, names, consts):
-        super().__init__()
-        self.fn = fn
-        self.names = names
-        self.consts = consts
-
-    def construct(self, *tensors):
-        kwargs = {}
-        for name, t in zip(self.names, tensors):
-            kwargs[name] = t
-        return self.fn(**kwargs, **self.consts)
-
-
-def run(mode, fn, kwargs):
-    """fn(**kwargs) in the mode: Tensors become graph inputs, the rest (attributes, tuples) constants."""
-    tensors = {k: v for k, v in kwargs.items() if isinstance(v, ms.Tensor)}
-    consts = {k: v for k, v in kwargs.items() if k not in tensors}
-    if mode == "pynative":
-        ms.set_context(mode=ms.PYNATIVE_MODE)
-        return fn(**kwargs)
-    cell = _Call(fn, tuple(tensors), consts)
-    if mode == "graph":
-        ms.set_context(mode=ms.GRAPH_MODE)
-        return cell(*tensors.values())
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-    return ms.jit(cell.construct)(*tensors.values())
 
 
 class FusedCase:
@@ -165,13 +134,3 @@ class FusedCase:
         if len(result) > 1:
             assert_lse_close(result[1].asnumpy(), expected[1])
         return result
-
-
-def assert_lse_close(actual, expected):
-    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    assert not np.isnan(actual).any()
-    finite = np.isfinite(expected)
-    assert (np.isfinite(actual) == finite).all(), "rows computed differ"
-    assert (actual[~finite] == expected[~finite]).all()
-    np.testing.assert_allclose(actual[finite], expected[finite], rtol=1e-4, atol=1e-4)
