@@ -6,7 +6,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from ms_attention import opdef
-from ms_attention.infer import fused_attention, geometry
+from ms_attention.infer import fused_attention, geometry, paged
 from ms_attention.infer.common import Checker, TensorMeta
 
 _OP = opdef.get("fused_infer_attention_score")
@@ -31,9 +31,7 @@ def check_attrs(num_heads: Any, scale_value: Any, pre_tokens: Any, next_tokens: 
     num_heads, kv_heads = geometry.head_attrs(_chk, num_heads, num_key_value_heads, fused_attention.MAX_GROUP)
     sparse_mode = fused_attention.sparse_mode_attr(_chk, sparse_mode, "value_error")
     inner_precise = _chk.choice_attr("inner_precise", inner_precise, (0, 1, 2, 3))
-    block_size = _chk.int_attr("block_size", block_size)
-    if block_size < 0:
-        raise _chk.value_error(f"the 'block_size' must be >= 0, but got {block_size}.")
+    block_size = paged.block_size_attr(_chk, block_size)
     modes = {name: _chk.choice_attr(name, value, (0, 1)) for name, value in (
         ("antiquant_mode", antiquant_mode), ("key_antiquant_mode", key_antiquant_mode),
         ("value_antiquant_mode", value_antiquant_mode))}

@@ -7,7 +7,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from ms_attention import opdef
-from ms_attention.infer import fused_attention, geometry
+from ms_attention.infer import fused_attention, geometry, paged
 from ms_attention.infer.common import Checker, TensorMeta
 
 _OP = opdef.get("fused_infer_attention_score_v2")
@@ -49,9 +49,7 @@ def check_attrs(num_query_heads: Any, num_key_value_heads: Any, softmax_scale: A
                                               heads_name="num_query_heads")
     sparse_mode = fused_attention.sparse_mode_attr(_chk, sparse_mode, "value_error")
     inner_precise = _chk.choice_attr("inner_precise", inner_precise, (0, 1, 2, 3))
-    block_size = _chk.int_attr("block_size", block_size)
-    if block_size < 0:
-        raise _chk.value_error(f"the 'block_size' must be >= 0, but got {block_size}.")
+    block_size = paged.block_size_attr(_chk, block_size)
     query_quant_mode = _chk.int_attr("query_quant_mode", query_quant_mode)
     if query_quant_mode != 0:
         raise _chk.value_error(f"the 'query_quant_mode' {query_quant_mode} (a quantized query) is not supported, "

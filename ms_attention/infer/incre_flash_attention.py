@@ -32,11 +32,9 @@ def check_attrs(num_heads: Any, input_layout: Any, scale_value: Any, num_key_val
     """The primitive's __init__ checks; returns the normalised attributes (kvN = N when 0, layout upper case)."""
     layout = geometry.layout_attr(_chk, input_layout, LAYOUTS)
     scale_value = _chk.float_attr("scale_value", scale_value)
-    block_size = _chk.int_attr("block_size", block_size)
+    block_size = paged.block_size_attr(_chk, block_size)
     inner_precise = _chk.int_attr("inner_precise", inner_precise)
     num_heads, kv_heads = geometry.head_attrs(_chk, num_heads, num_key_value_heads, MAX_GROUP)
-    if block_size < 0:
-        raise _chk.value_error(f"the 'block_size' must be >= 0, but got {block_size}.")
     if inner_precise not in (0, 1):
         raise _chk.value_error(f"the 'inner_precise' must be 0 or 1, but got {inner_precise}.")
     return dict(num_heads=num_heads, input_layout=layout, scale_value=scale_value,

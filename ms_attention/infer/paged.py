@@ -78,3 +78,14 @@ def check_covers_longest(chk: Checker, name: str, m: Optional[TensorMeta], longe
     if m is not None and m.rank_known and known(m.shape[-1]) and longest > m.shape[-1]:
         raise chk.runtime_error(f"the last axis of '{name}' ({m.shape[-1]}) must cover the longest sequence "
                                 f"({longest}) with page attention.")
+
+
+MAX_BLOCK_SIZE = 2 ** 31 - 1
+
+
+def block_size_attr(chk, value) -> int:
+    """The block_size attribute: an int in [0, 2**31 - 1] (0 without page attention)."""
+    block_size = chk.int_attr("block_size", value)
+    if not 0 <= block_size <= MAX_BLOCK_SIZE:
+        raise chk.value_error(f"the 'block_size' must be in [0, {MAX_BLOCK_SIZE}], but got {block_size}.")
+    return block_size

@@ -135,6 +135,7 @@ FIA_CASES = [
     ("antiquant_mode_value", with_(base(), antiquant_mode=2), ValueError, ["antiquant_mode", "2"]),
     ("key_antiquant_mode_value", with_(base(), key_antiquant_mode=-1), ValueError, ["key_antiquant_mode", "-1"]),
     ("block_size_negative", with_(base(), block_size=-16), ValueError, ["block_size", "-16"]),
+    ("block_size_beyond_int32", with_(base(), block_size=2 ** 60), ValueError, ["block_size", str(2 ** 60)]),
     # head counts
     ("num_heads_zero", with_(base(), num_heads=0), RuntimeError, ["num_heads", "0"]),
     ("num_heads_not_divisible", with_(base(), num_key_value_heads=3), ValueError,
