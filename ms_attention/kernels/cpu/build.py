@@ -6,6 +6,7 @@ build_info.json records, for each, the instruction-set extensions it needs; load
 running CPU supports. This file imports nothing from ms_attention, so setup.py can load it on its own.
 
     python ms_attention/kernels/cpu/build.py            # build into the source tree (development)
+    MS_ATTENTION_VARIANTS=native python ms_attention/kernels/cpu/build.py   # only some variants (iterating)
 """
 import ctypes
 import glob
@@ -55,7 +56,9 @@ def build(out_dir):
     info = {"compiler": cxx}
     # the variants compile side by side (each is one compiler process): install time is the slowest, not the sum
     jobs = {}
-    for variant, flags in VARIANTS.items():
+    wanted = os.environ.get("MS_ATTENTION_VARIANTS")
+    variants = {v: f for v, f in VARIANTS.items() if not wanted or v in wanted.split(",")}
+    for variant, flags in variants.items():
         file_name = f"libms_attention_cpu_{variant}.so"
         jobs[variant] = (file_name, flags, _start_compile(cxx, os.path.join(out_dir, file_name), flags))
     for variant, (file_name, flags, (cmd, process)) in jobs.items():
