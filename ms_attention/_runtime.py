@@ -80,11 +80,26 @@ def _draws_seed(keep_prob, explicit_mask):
     return bool(is_float and keep_prob < 1.0 and not explicit_mask)
 
 
+@constexpr
+def _global_seed():
+    """The seed given to `mindspore.set_seed`, as a (1,) int64 tensor, or None when none was set."""
+    from mindspore import get_seed  # pylint: disable=import-outside-toplevel
+    seed = get_seed()
+    return None if seed is None else Tensor(np.array([seed], np.int64))
+
+
 def dropout_seed_offset(keep_prob, explicit_mask):
-    """(seed, offset) int64 tensors for a dropout kernel: drawn from MindSpore's default generator as its own
-    dropout functionals do (so `ms.set_seed` makes a run reproducible, and each call draws a new mask), or zeros
-    when the kernel needs none."""
+    """(seed, offset) int64 tensors for a dropout kernel, or zeros when the kernel needs none.
+
+    The offset comes from MindSpore's default generator, advanced as its own dropout functionals advance it, so
+    each call draws a new mask and `mindspore.manual_seed` restarts the sequence. The seed is the one given to
+    `mindspore.set_seed` when there is one: measured on MindSpore 2.10, the generator's own seed is 0 in PyNative
+    and a fresh random value per process in Graph mode whatever `set_seed` says, which would make Graph-mode
+    dropout impossible to reproduce."""
     if _draws_seed(keep_prob, explicit_mask):
         seed, offset = default_generator._step(_GENERATOR_STEP)  # pylint: disable=protected-access
+        fixed = _global_seed()
+        if fixed is not None:
+            seed = fixed
         return seed, offset
     return _NO_SEED, _NO_SEED
