@@ -27,12 +27,21 @@ class Choice:
                             + "; ".join(self.reasons) + ".")
 
 
+# Operators whose golden lives in a module shared with others: op name -> (module, function).
+_SHARED_REFERENCES = {
+    "flash_attention_score": ("training_attention", "flash_attention_score"),
+    "speed_fusion_attention": ("training_attention", "speed_fusion_attention"),
+    "flash_attention_score_grad": ("training_attention", "training_attention_grad"),
+}
+
+
 def reference_kernel(op_name: str) -> Optional[Callable]:
+    module_name, function = _SHARED_REFERENCES.get(op_name, (op_name, op_name))
     try:
-        mod = importlib.import_module(f"ms_attention.kernels.reference.{op_name}")
+        mod = importlib.import_module(f"ms_attention.kernels.reference.{module_name}")
     except ModuleNotFoundError:
         return None
-    return getattr(mod, op_name)
+    return getattr(mod, function, None)
 
 
 def on_ascend() -> bool:
