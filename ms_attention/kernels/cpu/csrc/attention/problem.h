@@ -73,16 +73,16 @@ struct KvCache {
 };
 
 // Mask (bool / int8 / uint8 discard, nonzero = the key is not attended; or float16 added to the score):
-// the element for query row i and key j of batch b (both window-relative) is at
-// b * batch + (i + frame.q[b]) * row + (j + frame.k[b]). row = 0 when one mask row serves every query
-// position (decode).
+// the element for query row i and key j of batch b (both window-relative), head h, is at
+// b * batch + h * head + (i + frame.q[b]) * row + (j + frame.k[b]). row = 0 when one mask row serves every
+// query position (decode); head = 0 when one mask serves every head (head > 0: a discard mask only).
 struct Frame {
   std::vector<int64_t> q, k;  // per batch: where row 0 and key 0 of the window sit in the tensor
 };
 struct Mask {
   const void *data = nullptr;
   bool additive = false;  // float16 values added to the score (PFA), else a uint8-sized discard flag
-  int64_t numel = 0, batch = 0, row = 0;
+  int64_t numel = 0, batch = 0, row = 0, head = 0;
 };
 
 // Additive score bias (pse_shift / pse / real_shift), of the query dtype, added to the scaled score times

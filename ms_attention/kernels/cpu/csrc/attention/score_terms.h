@@ -29,16 +29,17 @@ inline bool InBand(const Problem &p, int64_t b, int64_t i, int64_t j) {
   return delta >= band.lo[b] && delta <= band.hi[b];
 }
 
-// Element offset of the discard-mask flag of (b, i, j) (only with p.mask.data set and not additive).
-inline int64_t MaskOffset(const Problem &p, int64_t b, int64_t i, int64_t j) {
-  return b * p.mask.batch + (i + p.frame.q[b]) * p.mask.row + j + p.frame.k[b];
+// Element offset of the mask element of (b, h, i, j) (only with p.mask.data set).
+inline int64_t MaskOffset(const Problem &p, int64_t b, int64_t h, int64_t i, int64_t j) {
+  return b * p.mask.batch + h * p.mask.head + (i + p.frame.q[b]) * p.mask.row + j + p.frame.k[b];
 }
 
-// Whether row i of batch b attends key j: inside the band (or an open prefix key) and not discarded by the mask.
-inline bool KeyVisible(const Problem &p, int64_t b, int64_t i, int64_t j) {
+// Whether row i of batch b, head h, attends key j: inside the band (or an open prefix key) and not discarded by
+// the mask.
+inline bool KeyVisible(const Problem &p, int64_t b, int64_t h, int64_t i, int64_t j) {
   if (!InBand(p, b, i, j)) return false;
   if (p.mask.data != nullptr && !p.mask.additive) {
-    return static_cast<const uint8_t *>(p.mask.data)[MaskOffset(p, b, i, j)] == 0;
+    return static_cast<const uint8_t *>(p.mask.data)[MaskOffset(p, b, h, i, j)] == 0;
   }
   return true;
 }
