@@ -347,8 +347,8 @@ def pack_drop_mask(keep):
     return np.packbits(bits, axis=-1, bitorder="little")
 
 
-def _explicit_keep(drop_mask, heads, q_lens, kv_lens):
-    """An explicit drop_mask -> per batch (heads, q_b, kv_b) bool. Bit base_b + (h * q_b + i) * kv_b + j, with
+def unpack_drop_mask(drop_mask, heads, q_lens, kv_lens):
+    """An explicit drop_mask -> Z per batch (heads, q_b, kv_b) bool. Bit base_b + (h * q_b + i) * kv_b + j, with
     base_b = heads * sum_{b' < b} q_b' kv_b'; the non-TND (B, N1, S1, S2 // 8) tensor is that same bit order."""
     bits = np.unpackbits(np.asarray(drop_mask, np.uint8).reshape(-1), bitorder="little").astype(bool)
     out, base = [], 0
@@ -364,7 +364,7 @@ def _keep_masks(batches, keep_prob, drop_mask, seed, offset):
     if keep_prob >= 1.0:
         return None
     if drop_mask is not None:
-        return _explicit_keep(drop_mask, batches.heads, batches.q_lens, batches.kv_lens)
+        return unpack_drop_mask(drop_mask, batches.heads, batches.q_lens, batches.kv_lens)
     return _generated_keep(seed, offset, keep_prob, batches.heads, batches.q_starts, batches.q_lens,
                            batches.kv_lens, batches.total_rows)
 
