@@ -44,8 +44,10 @@ inline void ReadArgs(const char *prim, int expected, int nparam, void **params, 
 }
 
 // The float64 attribute vector (kernel_abi.h): `count` values, the attributes then one presence flag per
-// tensor input (from `presence_offset`); marks args[i] absent where its flag is 0.
-inline const double *ReadAttrs(const char *prim, const Arg &a, int count, int presence_offset, Arg *args) {
+// tensor input (from `presence_offset`); marks args[i] absent where its flag is 0. Inputs listed in `generated`
+// (seed / offset, which the functional always makes) are always given, whatever their flag.
+inline const double *ReadAttrs(const char *prim, const Arg &a, int count, int presence_offset, Arg *args,
+                               std::initializer_list<int> generated = {}) {
   if (a.dtype != abi::kFloat64 || a.numel() != count) {
     Fail(prim, "the attribute vector must hold %d float64 values, but got %lld of %s.", count,
          (long long)a.numel(), DTypeName(a.dtype));
@@ -54,6 +56,7 @@ inline const double *ReadAttrs(const char *prim, const Arg &a, int count, int pr
   for (int i = 0; i < count - presence_offset; ++i) {
     const double flag = v[presence_offset + i];
     if (flag != 0.0 && flag != 1.0) Fail(prim, "the presence flag of input %d must be 0 or 1, but got %g.", i, flag);
+    if (std::find(generated.begin(), generated.end(), i) != generated.end()) continue;
     args[i].given = flag == 1.0;
     if (!args[i].given && !(args[i].ndim == 1 && args[i].shape[0] == 0)) {
       Fail(prim, "the absent input %d must be an empty placeholder, but got shape %s.", i,
