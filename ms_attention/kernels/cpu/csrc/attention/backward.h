@@ -276,6 +276,13 @@ inline void TileGradients(const GradScratch &sc, int64_t R, int64_t nk, int64_t 
 
 // ---- a unit of work ---------------------------------------------------------------------------------------
 
+// Asks for `bytes` from `at` to be brought into the cache (the next row block's inputs while this one computes:
+// a key block streams every row of its batch, more than the L2 holds, and the widening loops stall otherwise).
+inline void Prefetch(const void *at, int64_t bytes) {
+  const char *x = static_cast<const char *>(at);
+  for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(x + i, 0, 2);
+}
+
 struct GradPlan {
   int64_t block_pos = 1;   // query positions per row block
   int64_t R = 0;           // rows of a row block, padded to kGradPanel
@@ -388,6 +395,14 @@ void GradUnit(const Problem &p, const GradTensors &g, const GradPlan &plan, int6
     std::fill(sc.dv, sc.dv + nk * D, 0.f);
     for (int64_t i0 = i_lo; i0 < i_hi; i0 += plan.block_pos) {
       const int64_t np = std::min(plan.block_pos, i_hi - i0), nr = np * G, r0 = i0 * G;
+      if (i0 + np < i_hi) {  // the next row block's queries, output gradients and dQ rows
+        const int64_t next = std::min(plan.block_pos, i_hi - i0 - np) * G;
+        for (int64_t r = r0 + nr; r < r0 + nr + next; ++r) {
+          Prefetch(query + q_at(r), D * sizeof(E));
+          Prefetch(dy + q_at(r), D * sizeof(E));
+        }
+        Prefetch(sc.dq + (r0 + nr) * D, next * D * sizeof(float));
+      }
       // the row block: scaled queries and output gradients, widened and packed; per-row statistics
       for (int64_t r = 0; r < nr; ++r) {
         const int64_t at = q_at(r0 + r);
