@@ -9,7 +9,7 @@ import mindspore as ms
 import numpy as np
 import pytest
 
-from training_cases import FAS, FAS_PRIMITIVE, SFA, TrainingCase, arrange, assert_close
+from training_cases import FAS, FAS_PRIMITIVE, SFA, TrainingCase, arrange, assert_close, batch_rows
 from ms_attention.kernels.reference import training_attention as golden
 
 ALL_OPS = (FAS, FAS_PRIMITIVE, SFA)
@@ -195,6 +195,37 @@ def test_pse_varlen(mode):
     case.check(mode, grads=True)
 
 
+@pytest.mark.parametrize("mode,op", rotate([FAS_PRIMITIVE, SFA]), indirect=["mode"])
+def test_pse_compressed_rows_above_the_query(mode, op):
+    """S1 > 1024: the first S1 - 1024 rows read row 0 of the compressed pse shifted right (Toeplitz), and their
+    gradient accumulates there."""
+    case = TrainingCase(op, b=1, n1=2, n2=1, s1=1027, s2=6, d=8, layout="BNSD", seed=16)
+    case.add_pse((1, 2, 1024, 6))
+    case.attrs["sparse_mode"] = 2
+    case.check(mode, grads=True)
+
+
+@pytest.mark.parametrize("mode,op", rotate([FAS, SFA]), indirect=["mode"])
+def test_pse_compressed_varlen(mode, op):
+    """TND with (B, N1, 1024, X) and a causal mode: each batch's rows read from row 1024 - q_b."""
+    case = TrainingCase(op, b=2, n1=2, n2=2, d=8, layout="TND", q_lens=[3, 5], kv_lens=[7, 5], seed=17)
+    case.add_pse((2, 2, 1024, 9))
+    case.attrs["sparse_mode"] = 3
+    case.check(mode, grads=True)
+
+
+@pytest.mark.parametrize("mode,op,dtype,d", rotate([(FAS_PRIMITIVE, "bfloat16", 72), (SFA, "float16", 24)]),
+                         indirect=["mode"])
+def test_many_tiles(mode, op, dtype, d):
+    """Lengths past several tiles of the kernels and head dims off the SIMD width, with a band, a pse and
+    generated dropout."""
+    case = TrainingCase(op, b=1, n1=2, n2=1, s1=67, s2=133, d=d, layout="BSND", dtype=dtype, seed=18)
+    case.add_pse((1, 2, 67, 133))
+    case.attrs.update(sparse_mode=4, pre_tokens=90, next_tokens=20)
+    case.dropout(0.875, seed=3)
+    case.check(mode, grads=True)
+
+
 # ---- dropout ------------------------------------------------------------------------------------------------
 
 def _one_hot_case(op, layout, keep_prob, explicit, seed=21, q_lens=None, kv_lens=None):
@@ -211,17 +242,8 @@ def _one_hot_case(op, layout, keep_prob, explicit, seed=21, q_lens=None, kv_lens
 
 def _dropped(case, out):
     """Per batch (N1, q_b, kv_b): which elements the kernel's output shows as dropped (exact zeros)."""
-    out = np.asarray(out)
-    per_batch = []
-    start = 0
-    for b, (q_len, kv_len) in enumerate(zip(case.q_lens, case.kv_lens)):
-        if case.layout == "TND":
-            rows = out[start:start + q_len].transpose(1, 0, 2)
-            start += q_len
-        else:
-            rows = out.reshape(case.b, case.s1, case.n1, case.d)[b].transpose(1, 0, 2)   # BSH
-        per_batch.append(rows[:, :, :kv_len] == 0)
-    return per_batch
+    rows = batch_rows(np.asarray(out), case.layout, case.n1, case.q_lens)
+    return [r[:, :, :kv_len] == 0 for r, kv_len in zip(rows, case.kv_lens)]
 
 
 @pytest.mark.parametrize("op,explicit", [(FAS, True), (FAS_PRIMITIVE, False), (SFA, False)])
@@ -232,6 +254,27 @@ def test_dropout_mask_bit_exact(mode, op, explicit, layout):
     for dropped, keep in zip(_dropped(case, got["attention_out"]), case.keep_mask()):
         assert np.array_equal(dropped, ~keep), \
             f"{int((dropped != ~keep).sum())} elements of {keep.size} disagree with the golden's mask"
+
+
+@pytest.mark.parametrize("mode", MODES, indirect=True)
+def test_drop_mask_varlen_bits_not_a_multiple_of_8(mode):
+    """TND: N1 * sum q_b * kv_b = 4 * (3 * 5 + 2 * 3) = 84 bits in 11 bytes, the batches' bits back to back."""
+    case = _one_hot_case(FAS, "TND", 0.5, explicit=True, seed=23, q_lens=[3, 2], kv_lens=[5, 3])
+    assert case.np["drop_mask"].shape == (11,)
+    got, _ = case.check(mode)
+    for dropped, keep in zip(_dropped(case, got["attention_out"]), case.keep_mask()):
+        assert np.array_equal(dropped, ~keep)
+
+
+@pytest.mark.parametrize("mode,op,explicit,layout",
+                         rotate([(op, explicit, layout) for layout in ("SBH", "BNSD", "BSND")
+                                 for op, explicit in ((FAS, True), (SFA, False))]), indirect=["mode"])
+def test_dropout_mask_bit_exact_other_layouts(mode, op, explicit, layout):
+    """The mask is indexed by (b, h, i, j) whatever the layout stores the rows as."""
+    case = _one_hot_case(op, layout, 0.5, explicit, seed=22)
+    got, _ = case.check(mode)
+    for dropped, keep in zip(_dropped(case, got["attention_out"]), case.keep_mask()):
+        assert np.array_equal(dropped, ~keep)
 
 
 @pytest.mark.parametrize("mode,op,explicit,keep_prob",

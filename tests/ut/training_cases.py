@@ -84,6 +84,22 @@ def arrange(x, layout, lens=None):
     return np.concatenate([x[i, :, :n].transpose(1, 0, 2) for i, n in enumerate(lens)], axis=0)
 
 
+def batch_rows(x, layout, heads, q_lens):
+    """An output in `layout` -> per batch (heads, q_b, D): the inverse of arrange() on query-shaped tensors."""
+    if layout == "TND":
+        starts = np.concatenate([[0], np.cumsum(q_lens)])
+        return [x[starts[b]:starts[b + 1]].transpose(1, 0, 2) for b in range(len(q_lens))]
+    if layout == "BSH":
+        b, s, h = x.shape
+        x = x.reshape(b, s, heads, h // heads).transpose(0, 2, 1, 3)
+    elif layout == "SBH":
+        s, b, h = x.shape
+        x = x.reshape(s, b, heads, h // heads).transpose(1, 2, 0, 3)
+    elif layout == "BSND":
+        x = x.transpose(0, 2, 1, 3)
+    return list(x)
+
+
 def to_tensor(x, dtype):
     if dtype in ("float16", "bfloat16", "float32"):
         return Tensor(round_to(x, dtype), MS_DTYPE[dtype])
