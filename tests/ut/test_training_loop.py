@@ -53,4 +53,4 @@ def test_two_layer_attention_model_learns_a_causal_running_mean():
     losses = [float(step(inputs, labels).asnumpy()) for _ in range(40)]
     ms.set_context(mode=ms.PYNATIVE_MODE)
     assert all(np.isfinite(losses)), losses
-    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5]), losses
+    assert np.mean(losses[-5:]) < 0.2 * np.mean(losses[:5]), losses
