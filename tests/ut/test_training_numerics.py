@@ -112,6 +112,16 @@ def test_sparse_modes_varlen(mode, op, sparse_mode, q_lens, kv_lens):
     case.check(mode, grads=True)
 
 
+@pytest.mark.parametrize("op", ALL_OPS)
+def test_lengths_as_tensors(mode, op):
+    """Cumulative lengths and prefix as int64 Tensors: in Graph mode their values reach only the kernel."""
+    case = TrainingCase(op, b=3, n1=2, n2=1, d=8, layout="TND", q_lens=[4, 0, 5], kv_lens=[6, 2, 5], seed=19)
+    case.set_lengths("prefix", (2, 1, 0))
+    case.attrs["sparse_mode"] = 5
+    case.lengths_as_tensors()
+    case.check(mode, grads=True)
+
+
 MASK_SHAPES = [((2, 4, 6, 9), "bool"), ((2, 1, 6, 9), "uint8"), ((1, 4, 6, 9), "bool"), ((6, 9), "bool")]
 
 

@@ -126,9 +126,9 @@ class _OpCell(nn.Cell):
             return (ops.flash_attention_score(query, key, value, real_shift=pse, **tensors, **self.lengths,
                                               **self.attrs),)
         if self.op == FAS_PRIMITIVE:
+            lengths = [tensors.get(n, self.lengths.get(n)) for n in ("prefix", "actual_seq_qlen", "actual_seq_kvlen")]
             return self.prim(query, key, value, pse, tensors.get("drop_mask"), None, tensors.get("attn_mask"),
-                             self.lengths.get("prefix"), self.lengths.get("actual_seq_qlen"),
-                             self.lengths.get("actual_seq_kvlen"))
+                             lengths[0], lengths[1], lengths[2])
         return ops.speed_fusion_attention(query, key, value, pse=pse, **tensors, **self.lengths, **self.attrs)
 
 
@@ -229,6 +229,13 @@ class TrainingCase:
     def set_lengths(self, name, values):
         """prefix, actual_seq_qlen / kvlen, q_start_idx / kv_start_idx: a tuple of ints (a constant)."""
         self.lengths[name] = tuple(int(x) for x in values)
+
+    def lengths_as_tensors(self):
+        """Pass the lengths as int64 Tensors (graph inputs whose values the compiler does not know)."""
+        for name, values in self.lengths.items():
+            self.np[name] = np.asarray(values, np.int64)
+            self.ms[name] = Tensor(self.np[name])
+        self.lengths = {}
 
     def add_pse(self, shape, pse_type=1):
         """A pse tensor in the query dtype (types 0 / 1), or float32 ALiBi slopes (types 2 / 3)."""
