@@ -12,7 +12,7 @@ Shape rules (the docstrings, the issue-7 contract and MindSpore's own FlashAtten
   2, 3, 4, 7, 8: the compressed (2048, 2048) mask, whose contents are ignored; mode 6 also CANN's (3072, 2048).
   Optional in every mode.
 - pse (pse_type 0/1): (B|1, N1, S1, S2); or (B|1, N1, 1024, S2) -- compressed ALiBi rows -- with sparse_mode 2 or
-  3. TND: (B|1, N1, Smax_q, Smax_kv) with Smax >= the longest batch, or (B|1, N1, 1024, any) with modes 2, 3.
+  3. TND: (B|1, N1, Smax_q, Smax_kv) with Smax >= the longest batch, or (B|1, N1, 1024, Smax_kv) with modes 2, 3.
   pse_type 2/3: float32 slopes, (B, N1) or (N1,).
 - drop_mask (FAS): uint8 (B, N1, S1, S2 // 8) with S2 % 8 == 0; TND: (ceil(N1 * sum_b q_b * kv_b / 8),).
 Shapes are exact where MindSpore's infer compares them exactly (non-TND) and covering where the lengths are
@@ -294,7 +294,7 @@ class _Call:
                     f"batch" + (f" ({sq})" if known(sq) else "") + ", Skv >= the longest key batch"
                     + (f" ({skv})" if known(skv) else ""))
             compressed = compressed_ok and pse_fits(pse.shape, self.b, self.n, COMPRESSED_PSE_ROWS, UNKNOWN,
-                                                    covering=False)
+                                                    covering=False) and masks.covers(pse.shape[3], skv)
         else:
             full = pse_fits(pse.shape, self.b, self.n, self.s1, self.s2, covering=False)
             want = f"(B, N1, S1, S2) or (1, N1, S1, S2) = ({self.b}|1, {self.n}, {self.s1}, {self.s2})"
