@@ -190,6 +190,10 @@ INSTALL_CODE = textwrap.dedent("""
 
     cells = {"flash_attention_score": Function, "speed_fusion_attention": SpeedFunction,
              "FlashAttentionScore": Primitive, "SpeedFusionAttention": SpeedPrimitive}
+    ours = {"flash_attention_score": ms_attention.ops.flash_attention_score,
+            "speed_fusion_attention": ms_attention.ops.speed_fusion_attention,
+            "FlashAttentionScore": ms_attention.primitives.FlashAttentionScore,
+            "SpeedFusionAttention": ms_attention.primitives.SpeedFusionAttention}
     for name, modules in list(FUNCTIONS.items()) + list(CLASSES.items()):
         for module_name in modules:
             obj = getattr(importlib.import_module(module_name), name)
@@ -332,4 +336,42 @@ def test_speed_fusion_attention_gradients_float32(mode):
     want = reference.training_attention_grad(q, k, v, np.ones(q.shape), row_max, row_sum, out, **kwargs)
     for got, expected in zip(grads, want):
         assert got.dtype == ms.float32
+        assert_grad_close(got.asnumpy(), expected, "float32")
+
+
+class SpeedFusionDropout(nn.Cell):
+    def construct(self, query, key, value):
+        return ops.speed_fusion_attention(query, key, value, N, "BNSD", scale=SCALE, keep_prob=0.7, sparse_mode=2)
+
+
+class FirstOutputLoss(nn.Cell):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def construct(self, query, key, value):
+        return self.net(query, key, value)[0].sum()
+
+
+@pytest.mark.parametrize("mode", ["pynative", "graph"])
+def test_dropout_gradients_use_the_forward_mask(mode):
+    """With generated dropout the backward regenerates the forward's mask: after ms.manual_seed, the forward
+    reports (seed, offset); the same seed again gives gradients equal to the reference's for that (seed,
+    offset)."""
+    _set_mode(mode)
+    rng = np.random.default_rng(6)
+    q = rng.standard_normal((B, N, S, D)).astype(np.float32)
+    k = rng.standard_normal((B, N2, S, D)).astype(np.float32)
+    v = rng.standard_normal((B, N2, S, D)).astype(np.float32)
+    ms.manual_seed(11)
+    outputs = SpeedFusionDropout()(Tensor(q), Tensor(k), Tensor(v))
+    seed, offset = int(outputs[4].asnumpy()[0]), int(outputs[5].asnumpy()[0])
+    ms.manual_seed(11)
+    grads = ms.grad(FirstOutputLoss(SpeedFusionDropout()), grad_position=(0, 1, 2))(Tensor(q), Tensor(k), Tensor(v))
+    kwargs = dict(head_num=N, input_layout="BNSD", scale=SCALE, keep_prob=0.7, sparse_mode=2, seed=seed,
+                  offset=offset)
+    out, row_max, row_sum = reference.training_attention(q, k, v, **kwargs)
+    np.testing.assert_allclose(outputs[0].asnumpy(), out, rtol=1e-5, atol=1e-5)
+    want = reference.training_attention_grad(q, k, v, np.ones(q.shape), row_max, row_sum, out, **kwargs)
+    for got, expected in zip(grads, want):
         assert_grad_close(got.asnumpy(), expected, "float32")
