@@ -3,15 +3,17 @@
 batch-broadcast, compressed ALiBi rows), SFA's pse_type 0-3 and float32, dropout (generated, bit for bit with the
 golden's hash, and explicit), TND varlen, the softmax statistics and the kernel's own checks of what values hide.
 
-The kernels are called through KernelPrimitive with the attribute vector the Validator would build, so the tests
-exercise exactly the C++ side (the Python surface has its own validation tests)."""
+Most tests call the kernels through KernelPrimitive with the attribute vector the Validator would build: that
+reaches exactly the C++ side, with chosen seed / offset and with values the Python validation would stop first
+(the kernel's own checks). The last tests go through the public FlashAttentionScore primitive and
+speed_fusion_attention functional, in every mode, to the same results."""
 import numpy as np
 import pytest
 import mindspore as ms
 from mindspore import Tensor, nn
 
 from ifa_cases import assert_close as assert_close_half, round_to, to_numpy
-from ms_attention import opdef
+from ms_attention import opdef, ops, primitives
 from ms_attention.infer import registry
 from ms_attention.kernels.reference import training_attention as R
 from ms_attention.primitive_base import KernelPrimitive
@@ -344,3 +346,53 @@ def test_kernel_rejects_bad_shapes(rng, layout):
     with pytest.raises(RuntimeError, match="'drop_mask' needs the key length S2 to be a multiple of 8"):
         fas("pynative", q, k, v, 4, "float16", input_layout=layout, keep_prob=0.5,
             drop_mask=np.zeros((2, 4, 37, 5), np.uint8))
+
+
+# ---- through the public operators ----------------------------------------------------------------------------
+
+class _FasCell(nn.Cell):
+    def __init__(self, **attrs):
+        super().__init__()
+        self.fas = primitives.FlashAttentionScore(**attrs)
+
+    def construct(self, query, key, value, real_shift, attn_mask, actual_seq_qlen, actual_seq_kvlen):
+        return self.fas(query, key, value, real_shift, None, None, attn_mask, None, actual_seq_qlen,
+                        actual_seq_kvlen)
+
+
+class _SfaCell(nn.Cell):
+    def construct(self, query, key, value, pse):
+        return ops.speed_fusion_attention(query, key, value, 4, "BSH", pse=pse, scale=0.3, keep_prob=0.7,
+                                          sparse_mode=3, pse_type=2)
+
+
+def _public(mode, cell, *args):
+    ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
+    out = ms.jit(cell.construct)(*args) if mode == "jit" else cell(*args)
+    return [to_numpy(o) for o in out]
+
+
+def test_public_fas_primitive_tnd_mask_and_real_shift(rng, mode):
+    q, k, v, cq, ckv = tnd(rng, "bfloat16")
+    pse = draw(rng, (4, 4, 17, 20), "bfloat16")
+    mask = rng.random((20, 22)) < 0.3
+    attrs = dict(head_num=4, keep_prob=1.0, scale_value=0.3, pre_tokens=INT_MAX, next_tokens=INT_MAX,
+                 inner_precise=0, input_layout="TND", sparse_mode=1)
+    got = _public(mode, _FasCell(**attrs), Tensor(q, ms.bfloat16), Tensor(k, ms.bfloat16), Tensor(v, ms.bfloat16),
+                  Tensor(pse, ms.bfloat16), Tensor(mask), Tensor(cq), Tensor(ckv))
+    want = R.training_attention(q, k, v, head_num=4, input_layout="TND", pse=pse, attn_mask=mask, scale=0.3,
+                                sparse_mode=1, actual_seq_qlen=cq, actual_seq_kvlen=ckv)
+    check_fas(got, want, "bfloat16")
+
+
+def test_public_sfa_dropout_uses_the_seed_it_reports(rng, mode):
+    q, k, v = qkv(rng, "float16", layout="BSH")
+    slopes = rng.random((4,)).astype(np.float32)
+    got = _public(mode, _SfaCell(), Tensor(q, ms.float16), Tensor(k, ms.float16), Tensor(v, ms.float16),
+                  Tensor(slopes))
+    seed, offset = int(got[4][0]), int(got[5][0])
+    want = R.speed_fusion_attention(q, k, v, 4, "BSH", pse=slopes, scale=0.3, keep_prob=0.7, sparse_mode=3,
+                                    pse_type=2, seed=seed, offset=offset)
+    assert_close(got[0], want[0], "float16")
+    assert_stats_close(got[1], want[1])
+    assert int(got[6][0]) == 2 * 4 * 37 * 45
