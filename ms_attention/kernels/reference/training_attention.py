@@ -335,16 +335,16 @@ def generated_keep_mask_varlen(seed, offset, keep_prob, head_num, actual_seq_qle
 
 
 def pack_drop_mask(keep):
-    """Z -> the explicit uint8 drop_mask (bit j & 7 of byte j >> 3, LSB first, 1 = keep). A (B, N1, S1, S2)
-    array gives (B, N1, S1, S2 // 8); a TND list of (N1, q_b, kv_b) gives the flat (N1 * sum q_b kv_b // 8,)
-    tensor. The bit count must be a multiple of 8."""
+    """Z -> the explicit uint8 drop_mask (bit k & 7 of byte k >> 3, LSB first, 1 = keep). A (B, N1, S1, S2)
+    array gives (B, N1, S1, S2 // 8) (S2 must be a multiple of 8); a TND list of (N1, q_b, kv_b) gives the flat
+    tensor of ceil(N1 * sum q_b kv_b / 8) bytes, the last one padded with zeros."""
     if isinstance(keep, (list, tuple)):
         bits = np.concatenate([np.asarray(z, bool).reshape(-1) for z in keep])
-    else:
-        bits = np.asarray(keep, bool)
-    if bits.shape[-1] % 8:
-        raise ValueError(f"the mask has {bits.shape[-1]} bits per row, not a multiple of 8")
-    return np.packbits(bits, axis=-1, bitorder="little")
+        return np.packbits(bits, bitorder="little")
+    keep = np.asarray(keep, bool)
+    if keep.shape[-1] % 8:
+        raise ValueError(f"S2 = {keep.shape[-1]} is not a multiple of 8: the (B, N1, S1, S2 // 8) mask cannot hold it")
+    return np.packbits(keep, axis=-1, bitorder="little")
 
 
 def unpack_drop_mask(drop_mask, heads, q_lens, kv_lens):
