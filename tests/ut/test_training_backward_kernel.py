@@ -173,9 +173,10 @@ def test_dtypes_full_attention(mode, dtype):
     check_fas(mode, Inputs(dtype=dtype, d=128, s1=100, s2=100))
 
 
-@pytest.mark.parametrize("n,kvn", [(6, 2), (5, 1), (4, 4)])
-def test_gqa(mode, n, kvn):
-    check_fas(mode, Inputs(n=n, kvn=kvn), sparse_mode=2)
+@pytest.mark.parametrize("n,kvn,s", [(6, 2, 70), (5, 1, 70), (4, 4, 70), (72, 1, 30)])
+def test_gqa(mode, n, kvn, s):
+    """G = 3 and 5 do not divide the kernel's 64-row blocks; G = 72 makes a block of one position, 72 rows."""
+    check_fas(mode, Inputs(n=n, kvn=kvn, s1=s, s2=s + 20), sparse_mode=2)
 
 
 @pytest.mark.parametrize("sparse_mode,extra", [
