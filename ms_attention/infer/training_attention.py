@@ -344,9 +344,9 @@ class _Call:
             for i, p in enumerate(flat):
                 upper = int(kv_batches[i]) if kv_batches is not None and i < len(kv_batches) else None
                 if p < 0 or (upper is not None and p > upper):
-                    raise chk.value_error(f"each 'prefix' must be in [0, the batch's key length"
-                                          + (f" {upper}" if upper is not None else "") +
-                                          f"], but got {p} for batch {i} in {flat}.")
+                    bound = "the batch's key length" + (f" {upper}" if upper is not None else "")
+                    raise chk.value_error(f"each 'prefix' must be in [0, {bound}], but got {p} for batch {i} in "
+                                          f"{flat}.")
         return longest, kv_total
 
 
