@@ -71,6 +71,8 @@ SPARSE = {
     "3_right_down": dict(sparse_mode=3),
     "4_band": dict(sparse_mode=4, pre_tokens=3, next_tokens=1, compressed=True),
     "4_negative_pre": dict(sparse_mode=4, pre_tokens=-1, next_tokens=5),
+    "4_int64_extremes_mask_all": dict(sparse_mode=4, pre_tokens=2 ** 63 - 1, next_tokens=-2 ** 63),
+    "4_int64_extremes_open": dict(sparse_mode=4, pre_tokens=2 ** 63 - 1, next_tokens=2 ** 63 - 1),
     "5_prefix": dict(sparse_mode=5, prefix=(3, 9)),
     "5_prefix_and_mask": dict(sparse_mode=5, prefix=(0, 12), mask=True),
     "6_prefix_compressed": dict(sparse_mode=6, prefix=(4, 1), compressed=True),
