@@ -1,5 +1,6 @@
-"""The benchmark: decode (incre_flash_attention) and prefill (prompt_flash_attention, bench_prefill.py) as fractions
-of this machine's limits, measured in the same run.
+"""The benchmark: decode (incre_flash_attention), prefill (prompt_flash_attention, bench_prefill.py) and training
+(flash_attention_score forward + backward, bench_training.py) as fractions of this machine's limits, measured in
+the same run.
 
 Decode reads every K/V byte once, so its limit is memory bandwidth: the report gives the kernel's effective
 K/V read rate over the best streaming read rate numpy reaches here (sum of a large array) and over copy
@@ -14,7 +15,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor
 
-from ms_attention import bench_prefill, machine, ops
+from ms_attention import bench_prefill, bench_training, machine, ops
 from ms_attention.kernels.cpu import loader
 
 
@@ -103,4 +104,5 @@ def main(quick=False):
         print(f"{row['shape']:58s} {row['ms']:8.3f} ms  K/V {row['kv_GBps']:6.1f} GB/s  "
               f"= {row['of_read_bw']:.2f} x read bw, {row['of_copy_bw']:.2f} x copy bw", flush=True)
     prefill = bench_prefill.run(fma, quick=quick) if fma else []
-    return {"environment": env, "limits": limits, "results": rows, "prefill": prefill}
+    training = bench_training.run(fma, quick=quick) if fma else []
+    return {"environment": env, "limits": limits, "results": rows, "prefill": prefill, "training": training}

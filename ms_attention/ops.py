@@ -89,20 +89,131 @@ def flash_attention_score(query, key, value, head_num, real_shift=None, drop_mas
     attn_mask=None, prefix=None, actual_seq_qlen=None, actual_seq_kvlen=None, keep_prob=1.0, scalar_value=1.0,
     pre_tokens=2147483647, next_tokens=2147483647, inner_precise=0, input_layout='BSH', sparse_mode=0):
     r"""
-    Training flash attention, forward and backward: ``S = scale_value * (Q·Kᵀ + real_shift)``, sparse_mode 0-8,
-    dropout with `keep_prob`, layouts BSH, SBH, BNSD, BSND, TND (cumulative actual_seq_qlen / kvlen).
+    Training flash attention (forward, with gradients through MindSpore autodiff), the CPU twin of MindSpore's
+    Ascend-only operator.
 
-    Constraints: the functional keyword is `scalar_value` (sic); the functional returns only attention_out, the
-    primitive returns (softmax_max, softmax_sum, softmax_out, attention_out).
+    For each batch b, query head h (reading key/value head h // (N1 / N2)) and query row i of the batch's window:
+    ``S[i, j] = scalar_value * (Q[i]·K[j] + real_shift[i, j])``, ``-inf`` where the mask or the sparse mode
+    discards (i, j); ``P = softmax(S)`` over the visible keys; with dropout, ``O[i] = Σ_j P[i, j] · Z[i, j] /
+    keep_prob · V[j]`` (Z the keep mask), else ``O = P·V``. Accumulation is float32. B batch, N1 = `head_num`
+    query heads, N2 key/value heads (N1 must be a multiple of N2), S1 / S2 the query / key lengths, D head dim,
+    H1 = N1·D, H2 = N2·D, T1 / T2 the token counts of TND.
+
+    Sparse modes, per batch on window-relative (i, j), with d = kv_b - q_b (the batch's key length minus its
+    query length; 0 outside TND when S1 = S2): 0 with no mask, nothing is discarded (`pre_tokens` /
+    `next_tokens` ignored); 0 with a mask, ``mask[i, j]`` or ``j - i > next_tokens`` or ``i - j > pre_tokens``;
+    1, ``mask[i, j]``; 2 (left-up causal), ``j > i``; 3 (right-down causal), ``j > i + d``; 4 (band,
+    right-down aligned), ``j - i > next_tokens + d`` or ``j - i < d - pre_tokens``; 5 (prefix), ``j > i + d``
+    and ``j >= prefix[b]`` (a full `attn_mask`, when given, is OR-ed in); 6, as 5 (its mask is the compressed
+    one, not read); 7 (varlen right-down), mode 3 for every batch except the last batch with q_b > 0, which
+    uses mode 4; 8 (varlen left-up), mode 2 for every batch except the first batch with kv_b > 0, which uses
+    mode 4. A row with no visible key gives 0 (softmax_max -3.4028235e38, softmax_sum 3.4028235e38).
+
+    Dropout (`keep_prob` < 1): with `drop_mask`, bit (j & 7) of byte [b, h, i, j >> 3] keeps (1) or drops (0)
+    position (b, h, i, j); in TND bit ``base_b + (h * q_b + i) * kv_b + j`` of the flat mask, base_b = N1 · the
+    sum of q·kv over the earlier batches. Without `drop_mask` the CPU kernel draws the mask itself from
+    MindSpore's default generator (the seed and offset it steps, as MindSpore's dropout functionals do), so
+    ``mindspore.manual_seed`` makes a run reproducible and each call draws a new mask; the backward regenerates
+    the same mask. (On Ascend, dropout without `drop_mask` is not supported by MindSpore.)
+
+    Constraints: the functional's keyword is `scalar_value` (sic) and it returns only attention_out; the
+    primitive FlashAttentionScore returns (softmax_max, softmax_sum, softmax_out, attention_out). Gradients
+    flow to query, key, value and real_shift (``mindspore.grad``, ``GradOperation``, ``nn.TrainOneStepCell``);
+    the other inputs get zeros.
+
+    Args:
+        query (Tensor): float16 or bfloat16. Shape (B, S1, H1) for BSH, (S1, B, H1) for SBH, (B, N1, S1, D) for
+            BNSD, (B, S1, N1, D) for BSND, (T1, N1, D) for TND. N1 <= 256, D <= 512.
+        key (Tensor): the query dtype. Shape (B, S2, H2), (S2, B, H2), (B, N2, S2, D), (B, S2, N2, D) or
+            (T2, N2, D), with the query's B and D.
+        value (Tensor): the dtype and shape of `key`.
+        head_num (int): N1, greater than 0.
+        real_shift (Tensor, optional): the position bias (pse), the query dtype, added before the scale. Shape
+            (B, N1, S1, S2) or (1, N1, S1, S2); with sparse_mode 2 or 3 also the compressed ALiBi rows
+            (B, N1, 1024, S2) or (1, N1, 1024, S2) (when S1 != 1024): query row i reads row r = i + 1024 - S1,
+            and rows above the stored ones continue the Toeplitz diagonal of row 0 (0 past S2). TND: (B|1, N1,
+            Smax_q, Smax_kv) indexed by the positions inside each batch (Smax at least the longest batch), or the
+            compressed (B|1, N1, 1024, S2') with sparse_mode 2 or 3. Default: ``None``.
+        drop_mask (Tensor, optional): uint8 bit-packed keep mask (1 keeps), shape (B, N1, S1, S2 // 8) with S2 a
+            multiple of 8; TND: (ceil(N1 · Σ_b q_b·kv_b / 8),). Only with `keep_prob` < 1. Default: ``None``
+            (generated from the global seed when `keep_prob` < 1).
+        padding_mask (Tensor, optional): reserved, must be None. Default: ``None``.
+        attn_mask (Tensor, optional): bool or uint8, 1/True discards a position. sparse_mode 0, 1 and 5:
+            (B, N1, S1, S2), (B, 1, S1, S2), (1, N1, S1, S2), (1, 1, S1, S2) or (S1, S2); TND: the same with Sq /
+            Skv at least the longest batch, indexed by the positions inside each batch. sparse_mode 2, 3, 4, 7,
+            8: the compressed (2048, 2048) mask (6: also (3072, 2048)), whose contents are not read (the band
+            is computed). Optional in every mode. Default: ``None``.
+        prefix (Union[Tensor, tuple[int], list[int]], optional): sparse_mode 5 and 6 only (mandatory there): B
+            ints, batch b's first prefix[b] keys are visible to every row, 0 <= prefix[b] <= kv_b. Ignored in
+            the other modes. Default: ``None``.
+        actual_seq_qlen (Union[Tensor, tuple[int], list[int]], optional): TND only (mandatory there; None
+            otherwise): cumulative query lengths without a leading 0, non-decreasing, the last equal to T1; B is
+            their count. A batch of length 0 has no rows. Default: ``None``.
+        actual_seq_kvlen (Union[Tensor, tuple[int], list[int]], optional): TND only (mandatory there):
+            cumulative key/value lengths, B entries, the last equal to T2, no batch of length 0.
+            Default: ``None``.
+        keep_prob (float): the dropout keep probability, in (0, 1]. Default: ``1.0`` (no dropout, exact).
+        scalar_value (float): the score scale, typically 1/sqrt(D). Default: ``1.0``.
+        pre_tokens (int): keys before the diagonal a row may see (sparse_mode 0 with a mask, 4, and the band
+            batch of 7 / 8). Default: ``2147483647``.
+        next_tokens (int): keys after the diagonal a row may see (same modes). Default: ``2147483647``.
+        inner_precise (int): reserved; the computation is float32 either way. Default: ``0``.
+        input_layout (str): ``'BSH'``, ``'SBH'``, ``'BNSD'``, ``'BSND'`` or ``'TND'``, case-insensitive.
+            Default: ``'BSH'``.
+        sparse_mode (int): 0 to 8 (see above). Default: ``0``.
 
     Returns:
-        attention_out (Tensor), the shape of `query`.
+        attention_out (Tensor), the shape and dtype of `query`. The primitive also returns softmax_max and
+        softmax_sum, float32 of shape (B, N1, S1, 8) ((T1, N1, 8) for TND), the row max of S and the sum of
+        exp(S - max) over the visible keys (before dropout), each repeated 8 times; and softmax_out, a
+        placeholder of shape (1,) in the query dtype.
+
+    Raises:
+        TypeError: Dtype of `query` is not float16 or bfloat16.
+        TypeError: `query`, `key` and `value` don't have the same dtype.
+        TypeError: Dtype of `attn_mask` is not bool or uint8.
+        TypeError: Dtype of `real_shift` has a different dtype as `query`.
+        TypeError: Dtype of `drop_mask` is not uint8, or a length / `prefix` Tensor is not int32 or int64.
+        TypeError: `scalar_value` or `keep_prob` is not a double number.
+        TypeError: `head_num`, `pre_tokens`, `next_tokens`, `inner_precise` or `sparse_mode` is not an int.
+        TypeError: `input_layout` is not a string.
+        TypeError: `real_shift`, `drop_mask`, `padding_mask` or `attn_mask` is not Tensor type (or `query`,
+            `key`, `value` are not Tensors).
+        ValueError: `input_layout` is a string but not valid.
+        ValueError: `keep_prob` is not in (0, 1], or `head_num` > 256.
+        ValueError: the rank or head axis of `query` does not match `input_layout` and `head_num`, D > 512, or
+            `query` is empty.
+        ValueError: TND lengths are not cumulative or do not end at T1 / T2, or a batch has no key; a `prefix`
+            value is outside [0, kv_b].
+        RuntimeError: `head_num` is not divisible by `N2`.
+        RuntimeError: `head_num` is not greater than 0.
+        RuntimeError: `attn_mask` shape is not valid.
+        RuntimeError: The specified value of `sparse_mode` is invalid.
+        RuntimeError: D-axis of `query`, `key` and `value` is not the same, or `key` and `value` shapes (or the
+            batch of `key`) differ.
+        RuntimeError: `real_shift` or `drop_mask` shape is not valid, or S2 is not a multiple of 8 with
+            `drop_mask`.
+        RuntimeError: `drop_mask` is given with `keep_prob` 1.0; `padding_mask` is given.
+        RuntimeError: TND without `actual_seq_qlen` / `actual_seq_kvlen`, or with length vectors of different
+            sizes; those lengths given with another layout; sparse_mode 5 or 6 without `prefix` of B values.
+        RuntimeError: a shape or length known only at run time (dynamic shapes, Tensor lengths in Graph mode) is
+            not valid (raised by the kernel).
 
     Supported Platforms:
-        ``Ascend`` (the CPU kernel is not implemented yet: on CPU the call raises RuntimeError naming the reason)
+        ``Ascend`` ``CPU``
 
     Examples:
-        >>> out = ops.flash_attention_score(q, k, v, head_num=8, input_layout='BNSD', scalar_value=0.088)
+        >>> import numpy as np
+        >>> import mindspore as ms
+        >>> from ms_attention import ops
+        >>> B, N, S, D = 1, 4, 16, 64
+        >>> query = ms.Tensor(np.random.randn(B, N, S, D), ms.float16)
+        >>> key = ms.Tensor(np.random.randn(B, N, S, D), ms.float16)
+        >>> value = ms.Tensor(np.random.randn(B, N, S, D), ms.float16)
+        >>> out = ops.flash_attention_score(query, key, value, head_num=N, input_layout='BNSD',
+        ...                                 scalar_value=1 / D ** 0.5, sparse_mode=2)
+        >>> out.shape
+        (1, 4, 16, 64)
     """
     scale_value = scalar_value
     if _rt.on_ascend():
@@ -1104,17 +1215,136 @@ def speed_fusion_attention(query, key, value, head_num, input_layout, *, pse=Non
     prefix=None, actual_seq_qlen=None, actual_seq_kvlen=None, sparse_mode=0, gen_mask_parallel=True, sync=False,
     pse_type=1, q_start_idx=None, kv_start_idx=None):
     r"""
-    Training fusion attention in torch_npu's npu_fusion_attention form: 7 outputs, dropout seeded from the
-    global seed, `pse_type` 0-3 (1: pse added before the scale; 0: after; 2/3: internal ALiBi from slopes).
+    Training fusion attention in torch_npu's npu_fusion_attention form (forward, with gradients through
+    MindSpore autodiff), the CPU twin of MindSpore's Ascend-only operator: seven outputs, dropout drawn from the
+    global seed, `pse_type` 0-3.
+
+    For each batch b, query head h (reading key/value head h // (N1 / N2)) and query row i of the batch's window,
+    with pse_type 1: ``S[i, j] = scale * (Q[i]·K[j] + pse[i, j])``; pse_type 0: ``S = scale * Q·Kᵀ + pse``;
+    pse_type 2 and 3 (ALiBi from per-head slopes): ``S = scale * Q·Kᵀ - slope_h * |j - i - q_start + kv_start|``
+    (type 2) or ``... - slope_h * sqrt(|j - i - q_start + kv_start|)`` (type 3), q_start = q_start_idx[0],
+    kv_start = kv_start_idx[0] (default 0). Masked positions are -inf; ``P = softmax(S)`` over the visible keys;
+    with dropout ``O[i] = Σ_j P[i, j] · Z[i, j] / keep_prob · V[j]``, else ``O = P·V``. Accumulation is
+    float32. B batch, N1 = `head_num`, N2 key/value heads (N1 a multiple of N2), S1 / S2 the query / key
+    lengths, D head dim, H1 = N1·D, H2 = N2·D, T1 / T2 the token counts of TND.
+
+    Sparse modes, per batch on window-relative (i, j), with d = kv_b - q_b: 0 with no mask, nothing is
+    discarded; 0 with a mask, ``mask[i, j]`` or ``j - i > next_tokens`` or ``i - j > pre_tokens``; 1,
+    ``mask[i, j]``; 2 (left-up causal), ``j > i``; 3 (right-down causal), ``j > i + d``; 4 (band),
+    ``j - i > next_tokens + d`` or ``j - i < d - pre_tokens``; 5 (prefix), ``j > i + d`` and ``j >= prefix[b]``
+    (a full `atten_mask`, when given, is OR-ed in); 6, as 5 (compressed mask, not read); 7, mode 3 for every
+    batch except the last batch with q_b > 0 (mode 4); 8, mode 2 for every batch except the first batch with
+    kv_b > 0 (mode 4). A row with no visible key gives 0.
+
+    Dropout (`keep_prob` < 1): the keep mask is generated from (seed, offset), which the call draws from
+    MindSpore's default generator (as MindSpore's own functional does), so ``mindspore.manual_seed`` makes a run
+    reproducible and each call draws a new mask. The generator (bit-exact between the
+    forward, the backward and ms_attention.kernels.reference): with uint64 wraparound and
+    ``mix64(x) = x ^= x >> 30; x *= 0xBF58476D1CE4E5B9; x ^= x >> 27; x *= 0x94D049BB133111EB; x ^= x >> 31``,
+    ``stream = mix64(seed * 0x9E3779B97F4A7C15 + offset)``, ``row = mix64(stream ^ ((h * R + t) *
+    0xD1B54A32D192ED03))`` (t the query row's token index, b * S1 + i or the TND row; R = B * S1 or T1),
+    ``u = mix64(row + (j + 1) * 0xA24BAED4963EE407)``, kept when ``(u >> 40) < floor(keep_prob * 2^24)``.
+
+    Constraints: the arguments after `input_layout` are keyword-only. Gradients flow to query, key, value and
+    pse (pse_type 0 and 1; ALiBi slopes get none) through ``mindspore.grad``, ``GradOperation`` and
+    ``nn.TrainOneStepCell``; the other inputs get zeros. Unlike MindSpore's own (PyNative-only) functional, it
+    works in Graph mode and ``mindspore.jit`` too.
+
+    Args:
+        query (Tensor): float16, bfloat16 or float32 (float32 as torch_npu's npu_fusion_attention takes it).
+            Shape (B, S1, H1) for BSH, (S1, B, H1) for SBH, (B, N1, S1, D) for BNSD, (B, S1, N1, D) for BSND,
+            (T1, N1, D) for TND. N1 <= 256, D <= 512.
+        key (Tensor): the query dtype. Shape (B, S2, H2), (S2, B, H2), (B, N2, S2, D), (B, S2, N2, D) or
+            (T2, N2, D), with the query's B and D.
+        value (Tensor): the dtype and shape of `key`.
+        head_num (int): N1, greater than 0.
+        input_layout (str): ``'BSH'``, ``'SBH'``, ``'BNSD'``, ``'BSND'`` or ``'TND'``, case-insensitive.
+
+    Keyword Args:
+        pse (Tensor, optional): pse_type 0 / 1: the position bias, the query dtype, shape (B, N1, S1, S2) or
+            (1, N1, S1, S2); with sparse_mode 2 or 3 also the compressed ALiBi rows (B|1, N1, 1024, S2) (when
+            S1 != 1024: query row i reads row i + 1024 - S1, rows above continue row 0's Toeplitz diagonal, 0
+            past S2). TND: (B|1, N1, Smax_q, Smax_kv) indexed inside each batch, or the compressed form with
+            sparse_mode 2 or 3. pse_type 2 / 3: float32 slopes, shape (B, N1) or (N1,). Default: ``None``.
+        padding_mask (Tensor, optional): reserved, must be None. Default: ``None``.
+        atten_mask (Tensor, optional): bool or uint8, 1/True discards a position. sparse_mode 0, 1 and 5:
+            (B, N1, S1, S2), (B, 1, S1, S2), (1, N1, S1, S2), (1, 1, S1, S2) or (S1, S2) (TND: Sq / Skv at least
+            the longest batch); sparse_mode 2, 3, 4, 7, 8: the compressed (2048, 2048) mask (6: also
+            (3072, 2048)), not read. Optional in every mode. Default: ``None``.
+        scale (float): the score scale, typically 1/sqrt(D). Default: ``1.0``.
+        keep_prob (float): the dropout keep probability, in (0, 1]. Default: ``1.0`` (no dropout, exact).
+        pre_tokens (int): keys before the diagonal a row may see (sparse_mode 0 with a mask, 4, the band batch
+            of 7 / 8). Default: ``2147483647``.
+        next_tokens (int): keys after the diagonal a row may see (same modes). Default: ``2147483647``.
+        inner_precise (int): reserved; the computation is float32 either way. Default: ``0``.
+        prefix (Union[Tensor, tuple[int], list[int]], optional): sparse_mode 5 and 6 only (mandatory there): B
+            ints, 0 <= prefix[b] <= kv_b. Default: ``None``.
+        actual_seq_qlen (Union[Tensor, tuple[int], list[int]], optional): TND only (mandatory there): cumulative
+            query lengths without a leading 0, non-decreasing, the last equal to T1. Default: ``None``.
+        actual_seq_kvlen (Union[Tensor, tuple[int], list[int]], optional): TND only (mandatory there):
+            cumulative key/value lengths, the last equal to T2, no batch of length 0. Default: ``None``.
+        sparse_mode (int): 0 to 8 (see above). Default: ``0``.
+        gen_mask_parallel (bool): debug switch of the NPU's mask generation; no effect on CPU. Default: ``True``.
+        sync (bool): debug switch of the NPU's mask generation; no effect on CPU. Default: ``False``.
+        pse_type (int): 0, 1, 2 or 3 (see above). Default: ``1``.
+        q_start_idx (Union[Tensor, tuple[int], list[int]], optional): one int, the ALiBi offset along S1
+            (pse_type 2 / 3). Default: ``None`` (0).
+        kv_start_idx (Union[Tensor, tuple[int], list[int]], optional): one int, the ALiBi offset along S2
+            (pse_type 2 / 3). Default: ``None`` (0).
 
     Returns:
-        tuple(attention_out, softmax_max, softmax_sum, softmax_out, seed, offset, numels).
+        tuple(attention_out, softmax_max, softmax_sum, softmax_out, seed, offset, numels): attention_out, the
+        shape and dtype of `query`; softmax_max and softmax_sum, float32 (B, N1, S1, 8) ((T1, N1, 8) for TND),
+        the row max of S and the sum of exp(S - max) over the visible keys, each repeated 8 times; softmax_out,
+        a placeholder of shape (1,) in the query dtype; seed and offset, int64 (1,), the dropout generator
+        state the call used (0 without dropout); numels, int64 (1,), the number of dropout mask elements,
+        N1 · Σ_b q_b·kv_b (B·N1·S1·S2 outside TND).
+
+    Raises:
+        TypeError: `query`, `key` and `value` don't have the same dtype, or it is not float16, bfloat16 or
+            float32.
+        TypeError: Dtype of `atten_mask` is not bool or uint8.
+        TypeError: Dtype of `pse` is not the query dtype (pse_type 0 / 1) or float32 (pse_type 2 / 3).
+        TypeError: `scale` or `keep_prob` is not a float number.
+        TypeError: `input_layout` is not a string.
+        TypeError: `head_num` is not an int.
+        TypeError: `sparse_mode` is not an int.
+        TypeError: `pre_tokens`, `next_tokens` or `inner_precise` is not an int; `gen_mask_parallel` or `sync`
+            is not a bool; a length Tensor is not int32 or int64.
+        TypeError: `pse` is not Tensor type.
+        TypeError: `padding_mask` is not Tensor type.
+        TypeError: `atten_mask` is not Tensor type.
+        TypeError: `pse_type` is not an int.
+        ValueError: `input_layout` is a string but not valid.
+        ValueError: The specified value of `sparse_mode` is invalid.
+        ValueError: The specified value of `pse_type` is invalid.
+        ValueError: `head_num` is not greater than 0 or is greater than 256; `keep_prob` is not in (0, 1].
+        ValueError: the rank or head axis of `query` does not match `input_layout` and `head_num`, D > 512, or
+            `query` is empty.
+        ValueError: TND lengths are not cumulative or do not end at T1 / T2, or a batch has no key; a `prefix`
+            value is outside [0, kv_b]; `q_start_idx` / `kv_start_idx` do not hold exactly one value.
+        RuntimeError: `head_num` is not divisible by N2; D-axis of `query`, `key` and `value` is not the same,
+            or `key` and `value` shapes (or the batch of `key`) differ.
+        RuntimeError: `atten_mask` or `pse` shape is not valid; `padding_mask` is given.
+        RuntimeError: TND without `actual_seq_qlen` / `actual_seq_kvlen`, or with length vectors of different
+            sizes; those lengths given with another layout; sparse_mode 5 or 6 without `prefix` of B values.
+        RuntimeError: a shape or length known only at run time (dynamic shapes, Tensor lengths in Graph mode) is
+            not valid (raised by the kernel).
 
     Supported Platforms:
-        ``Ascend`` (the CPU kernel is not implemented yet: on CPU the call raises RuntimeError naming the reason)
+        ``Ascend`` ``CPU``
 
     Examples:
-        >>> out = ops.speed_fusion_attention(q, k, v, 8, 'BNSD', scale=0.088)[0]
+        >>> import numpy as np
+        >>> import mindspore as ms
+        >>> from ms_attention import ops
+        >>> B, N, S, D = 1, 4, 16, 64
+        >>> query = ms.Tensor(np.random.randn(B, S, N * D), ms.float32)
+        >>> key = ms.Tensor(np.random.randn(B, S, N * D), ms.float32)
+        >>> value = ms.Tensor(np.random.randn(B, S, N * D), ms.float32)
+        >>> out = ops.speed_fusion_attention(query, key, value, N, 'BSH', scale=1 / D ** 0.5, sparse_mode=2)
+        >>> [x.shape for x in out[:3]]
+        [(1, 16, 256), (1, 4, 16, 8), (1, 4, 16, 8)]
     """
     if _rt.on_ascend():
         checked = _speed_fusion_attention_check((head_num, input_layout, scale, keep_prob, pre_tokens, next_tokens,

@@ -138,6 +138,8 @@ class Validator(PrimitiveWithInfer):
                 metas[name], tensors[name] = TensorMeta(tuple(value.shape), dtype_name(value.dtype)), value
             elif isinstance(value, (list, tuple)):
                 metas[name], static[name] = TensorMeta((len(value),), "int64"), tuple(value)
+            elif value is not None:
+                raise _not_a_tensor(self.op_name, name, type(value).__name__)
         checked = self._validate(attr_values, metas, static)
         if checked is None:
             return attr_values, _NOTHING_CHECKED
@@ -180,9 +182,15 @@ def _meta_of_abstract(op_name: str, name: str, item) -> Tuple[Optional[TensorMet
                 f"the '{name}' given as a tuple or list must hold constant ints, but got values only known at run "
                 f"time (a mutable() tuple); pass them as an int64 Tensor instead.")
         return TensorMeta((len(values),), "int64"), values
+    if not isinstance(dtype, mstype.TensorType):     # a Python scalar (or other constant) where a Tensor goes
+        raise _not_a_tensor(op_name, name, f"{type(item['value']).__name__} {item['value']!r}")
     shape = item["shape"]
     shape = tuple(int(d) for d in shape) if shape is not None else (-2,)
     return TensorMeta(shape, dtype_name(dtype)), None
+
+
+def _not_a_tensor(op_name: str, name: str, got: str) -> TypeError:
+    return Checker(opdef.get(op_name).class_name).type_error(f"the '{name}' must be a Tensor (or None), but got {got}.")
 
 
 # The reg_info attribute through which a kernel's C++ InferShape reads the normalised attributes (infer_shape.h).

@@ -42,8 +42,8 @@ class AdvanceStepFlashattn(_PrimitiveMethods):
 @_jit_class
 class FlashAttentionScore(_PrimitiveMethods):
     r"""
-    Training flash attention, forward and backward: ``S = scale_value * (Q·Kᵀ + real_shift)``, sparse_mode 0-8,
-    dropout with `keep_prob`, layouts BSH, SBH, BNSD, BSND, TND (cumulative actual_seq_qlen / kvlen).
+    Training flash attention (forward, with gradients through MindSpore autodiff), the CPU twin of MindSpore's
+    Ascend-only operator.
 
     Primitive form of `ms_attention.ops.flash_attention_score`, with the arguments of MindSpore's
     FlashAttentionScore: attributes in __init__ (checked there), tensors in the call (None for absent inputs,
@@ -311,8 +311,9 @@ class SparseFlashAttention(_PrimitiveMethods):
 @_jit_class
 class SpeedFusionAttention(_PrimitiveMethods):
     r"""
-    Training fusion attention in torch_npu's npu_fusion_attention form: 7 outputs, dropout seeded from the
-    global seed, `pse_type` 0-3 (1: pse added before the scale; 0: after; 2/3: internal ALiBi from slopes).
+    Training fusion attention in torch_npu's npu_fusion_attention form (forward, with gradients through
+    MindSpore autodiff), the CPU twin of MindSpore's Ascend-only operator: seven outputs, dropout drawn from the
+    global seed, `pse_type` 0-3.
 
     Primitive form of `ms_attention.ops.speed_fusion_attention`, with the arguments of MindSpore's
     SpeedFusionAttention: every argument in the call (None for absent inputs, sequence lengths as tuple, list or

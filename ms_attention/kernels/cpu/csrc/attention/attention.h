@@ -17,6 +17,7 @@
 #include "attention/kv_access.h"
 #include "attention/output_store.h"
 #include "attention/problem.h"
+#include "attention/score_terms.h"
 #include "attention/score_tile.h"
 #include "attention/simd.h"
 #include "attention/softmax.h"
@@ -71,15 +72,6 @@ inline void LoadRowAs(DType dtype, const void *data, int64_t offset, int64_t n, 
   }
 }
 
-// dst[0, n) += the score bias from element offset (stored in the query dtype).
-inline void AddBiasRow(const ScoreBias &bias, int64_t offset, int64_t n, float *dst) {
-  switch (bias.dtype) {
-    case abi::kFloat16: AddRow(static_cast<const Half *>(bias.data) + offset, n, dst); break;
-    case abi::kBfloat16: AddRow(static_cast<const BFloat16 *>(bias.data) + offset, n, dst); break;
-    default: AddRow(static_cast<const float *>(bias.data) + offset, n, dst); break;
-  }
-}
-
 // The factor applied to Q.K^T before the bias: the softmax scale, times deq_scale1 with an int8 query.
 inline float ScoreScale(const Problem &p) { return p.full_quant.enabled ? p.scale * p.full_quant.deq1 : p.scale; }
 
@@ -111,25 +103,43 @@ inline int64_t FrameOffset(const Problem &p, int64_t b, int64_t i, int64_t row_s
   return (i + p.frame.q[b]) * row_stride + j + p.frame.k[b];
 }
 
-// True when a discard mask hides all n keys from key j for every query row of the unit.
+// True when a discard mask hides all n keys from key j for every query row of the unit (every head of its
+// group when the mask has one per head).
 inline bool TileMasked(const Problem &p, const Unit &u, int64_t j, int64_t n) {
-  const uint8_t *mask = static_cast<const uint8_t *>(p.mask.data) + u.b * p.mask.batch;
-  for (int64_t i = u.p0; i < u.p0 + u.np; ++i) {
-    const uint8_t *m = mask + FrameOffset(p, u.b, i, p.mask.row, j);
-    for (int64_t t = 0; t < n; ++t) {
-      if (m[t] == 0) return false;
+  const int64_t heads = p.mask.head != 0 ? p.G : 1;
+  for (int64_t g = 0; g < heads; ++g) {
+    const uint8_t *mask = static_cast<const uint8_t *>(p.mask.data) + u.b * p.mask.batch +
+                          (p.mask.head != 0 ? (u.kh * p.G + g) * p.mask.head : 0);
+    for (int64_t i = u.p0; i < u.p0 + u.np; ++i) {
+      const uint8_t *m = mask + FrameOffset(p, u.b, i, p.mask.row, j);
+      for (int64_t t = 0; t < n; ++t) {
+        if (m[t] == 0) return false;
+      }
     }
   }
   return true;
 }
 
 // Keys [lo, hi) of the key sequence that some row of the unit may see: the band's union over its rows.
+// Keys [0, open_keys) are visible to every row (prefix sparse modes) and widen the range to start at 0.
 inline void UnitKeyRange(const Problem &p, const Unit &u, int64_t keys, int64_t *lo, int64_t *hi) {
   *lo = 0;
   *hi = keys;
   if (!p.band.enabled()) return;
   *lo = std::max<int64_t>(0, u.p0 + p.band.lo[u.b]);
   *hi = std::min<int64_t>(keys, u.p0 + u.np - 1 + p.band.hi[u.b] + 1);
+  const int64_t open = p.band.open_keys.empty() ? 0 : std::min(keys, p.band.open_keys[u.b]);
+  if (open > 0) {
+    *lo = 0;
+    *hi = std::max(*hi, open);
+  }
+}
+
+// Whether no row of the unit may see any of keys [j, j + n) (a tile between the open prefix keys and the band).
+inline bool TileOutsideBand(const Problem &p, const Unit &u, int64_t j, int64_t n) {
+  if (!p.band.enabled()) return false;
+  if (!p.band.open_keys.empty() && j < p.band.open_keys[u.b]) return false;
+  return j + n - 1 < u.p0 + p.band.lo[u.b] || j > u.p0 + u.np - 1 + p.band.hi[u.b];
 }
 
 // Per-token key dequantization of the q.k part of the scores: s = scale_t * (q.k + offset_t * sum(q)).
@@ -145,10 +155,13 @@ inline void ApplyKeyTokens(const Problem &p, const Unit &u, int64_t j, int64_t n
   }
 }
 
-// The per-row bias, the score bias (pse), the mask and the band, on the scores of keys [j, j + n).
-// in_band: every key of the tile lies inside every row's band (no per-element band test).
+// The per-row bias, the score bias (pse, ALiBi), the mask and the band, on the scores of keys [j, j + n).
+// in_band: every key of the tile is visible by the band to every row (no per-element band test).
 inline void BiasAndMask(const Problem &p, const Unit &u, int64_t j, int64_t n, bool in_band, Scratch &sc) {
-  if (in_band && !p.kv.antiquant.enabled() && p.bias.data == nullptr && p.mask.data == nullptr) return;
+  if (in_band && !p.kv.antiquant.enabled() && p.bias.data == nullptr && !p.alibi.enabled() &&
+      p.mask.data == nullptr) {
+    return;
+  }
   const int64_t G = p.G, b = u.b;
   for (int64_t r = 0; r < u.np * G; ++r) {
     float *s = sc.scores + r * kKeyTile;
@@ -156,11 +169,10 @@ inline void BiasAndMask(const Problem &p, const Unit &u, int64_t j, int64_t n, b
     if (sc.bias[r] != 0.f) {
       for (int64_t t = 0; t < n; ++t) s[t] += sc.bias[r];
     }
-    if (p.bias.data != nullptr) {
-      AddBiasRow(p.bias, b * p.bias.batch + h * p.bias.head + FrameOffset(p, b, i, p.bias.row, j), n, s);
-    }
+    if (p.bias.data != nullptr) AddPseRow(p, b, h, i, j, n, s);
+    if (p.alibi.enabled()) AddAlibiRow(p, b, h, i, j, n, s);
     if (p.mask.data != nullptr) {
-      const int64_t at = b * p.mask.batch + FrameOffset(p, b, i, p.mask.row, j);
+      const int64_t at = MaskOffset(p, b, h, i, j);
       if (p.mask.additive) {
         AddRow(static_cast<const Half *>(p.mask.data) + at, n, s);
       } else {
@@ -170,8 +182,9 @@ inline void BiasAndMask(const Problem &p, const Unit &u, int64_t j, int64_t n, b
     }
     if (!in_band) {
       const int64_t first = i + p.band.lo[b] - j, last = i + p.band.hi[b] - j;  // visible t in [first, last]
+      const int64_t open = p.band.open_keys.empty() ? 0 : p.band.open_keys[b] - j;  // and t < open
       for (int64_t t = 0; t < n; ++t) {
-        if (t < first || t > last) s[t] = kNegInf;
+        if ((t < first || t > last) && t >= open) s[t] = kNegInf;
       }
     }
   }
@@ -206,7 +219,8 @@ inline void TileScores(const Problem &p, const Unit &u, int64_t j, int64_t n, co
   }
   bool in_band = true;
   if (p.band.enabled()) {
-    in_band = u.p0 + u.np - 1 + p.band.lo[u.b] <= j && j + n - 1 <= u.p0 + p.band.hi[u.b];
+    in_band = (u.p0 + u.np - 1 + p.band.lo[u.b] <= j && j + n - 1 <= u.p0 + p.band.hi[u.b]) ||
+              (!p.band.open_keys.empty() && j + n <= p.band.open_keys[u.b]);
   }
   BiasAndMask(p, u, j, n, in_band, sc);
 }
@@ -225,6 +239,13 @@ inline void ApplyValueTokens(const Problem &p, const Unit &u, int64_t j, int64_t
     }
     float &column = acc[r * lda + p.D];
     column = column * sc.corr[r] + extra;
+  }
+}
+
+// Dropout of a tile's probabilities (exp(s - m), already counted in l): p *= Z / keep_prob, for P.V only.
+inline void DropTile(const Problem &p, const Unit &u, int64_t j, int64_t n, Scratch &sc) {
+  for (int64_t r = 0; r < u.np * p.G; ++r) {
+    ApplyDropoutRow(p.dropout, u.b, u.kh * p.G + r % p.G, u.p0 + r / p.G, j, n, sc.scores + r * kKeyTile);
   }
 }
 
@@ -251,12 +272,14 @@ void AttendUnit(const Problem &p, const Unit &u, Scratch &sc, float *m, float *l
       PrefetchRows(next_k, next_v, next_n, D);
     }
     if (discard_mask && TileMasked(p, u, j, n)) continue;
+    if (TileOutsideBand(p, u, j, n)) continue;
     KeyTileRows(p, u.b, u.kh, j, n, k, v);
     TileScores<E, R>(p, u, j, n, k, sc);
     const bool any = SoftmaxTileRows(sc.scores, kKeyTile, rows, n, m, l, sc.corr);
     if (!any) continue;  // every key of the tile is masked for every row: its values are never needed
     if (p.full_quant.enabled) continue;  // first pass: only m and l; QuantizedValues does the values
     if (p.kv.value_tokens.enabled()) ApplyValueTokens(p, u, j, n, sc, acc, lda);
+    if (p.dropout.enabled()) DropTile(p, u, j, n, sc);
     AccumulateTile(acc, lda, rows, sc.corr, sc.scores, kKeyTile, v, n, D, sc.row);
   }
 }
@@ -363,6 +386,7 @@ void Run(const Problem &p) {
       bool computed = MergeSplits(m + r, l + r, rows, acc + r * lda, rows * lda, splits, lda, o, &m_row, &l_row);
       computed = FinishRow(p, u, h, computed, m_row, l_row, o, &lse);
       StoreOutputRow(p, u.b, h, p.q_start[u.b] + u.p0 + r / G, o, computed, lse);
+      if (p.stats.enabled()) StoreSoftmaxStats(p, u.b, h, p.q_start[u.b] + u.p0 + r / G, computed, m_row, l_row);
     }
   };
 
@@ -418,6 +442,7 @@ inline void RunAttention(const Problem &p) {
     case abi::kFloat16: detail::RunWithKeys<Half>(p); break;
     case abi::kBfloat16: detail::RunWithKeys<BFloat16>(p); break;
     case abi::kInt8: detail::RunWithKeys<int8_t>(p); break;
+    case abi::kFloat32: detail::Run<float, float>(p); break;  // speed_fusion_attention's float32 (no rope)
     default: break;  // rejected by CheckProblem
   }
 }

@@ -3,6 +3,7 @@
 // quantization, and its lse is +inf.
 #pragma once
 
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -35,6 +36,17 @@ inline void StoreOutputRow(const Problem &p, int64_t b, int64_t h, int64_t i, co
     for (int64_t d = 0; d < D; ++d) dst[d] = computed ? o[d] : 0.f;
   }
   if (p.lse != nullptr) p.lse[p.lse_rows.At(b, h, i)] = lse;
+}
+
+// softmax_max / softmax_sum of row (b, h, i), i the stored query position: the row's final max and sum,
+// or -FLT_MAX / FLT_MAX for a row with no visible key.
+inline void StoreSoftmaxStats(const Problem &p, int64_t b, int64_t h, int64_t i, bool computed, float m, float l) {
+  const int64_t at = p.stats.rows.At(b, h, i);
+  const float max = computed ? m : -FLT_MAX, sum = computed ? l : FLT_MAX;
+  for (int64_t x = 0; x < kStatsWidth; ++x) {
+    p.stats.max[at + x] = max;
+    p.stats.sum[at + x] = sum;
+  }
 }
 
 // Zero output and +inf lse for the stored query positions outside every batch's window (rows past the actual

@@ -30,6 +30,9 @@ inline RowStrides DenseStrides(abi::Layout layout, int64_t heads, int64_t len, i
   return {len * heads * D, D, heads * D};
 }
 
+// SBH (S, B, N*D): sequence-major, the batches of a position side by side.
+inline RowStrides SbhStrides(int64_t B, int64_t heads, int64_t D) { return {heads * D, D, B * heads * D}; }
+
 // Paged key/value: token t of batch b lives in block block_table[b * max_blocks + t / block_size], slot
 // t % block_size, at element block * block_stride + head * head_stride + slot * slot_stride. Both cache
 // layouts fit: (num_blocks, block_size, kvN*D) and (num_blocks, kvN, block_size, D).
@@ -70,31 +73,81 @@ struct KvCache {
 };
 
 // Mask (bool / int8 / uint8 discard, nonzero = the key is not attended; or float16 added to the score):
-// the element for query row i and key j of batch b (both window-relative) is at
-// b * batch + (i + frame.q[b]) * row + (j + frame.k[b]). row = 0 when one mask row serves every query
-// position (decode).
+// the element for query row i and key j of batch b (both window-relative), head h, is at
+// b * batch + h * head + (i + frame.q[b]) * row + (j + frame.k[b]). row = 0 when one mask row serves every
+// query position (decode); head = 0 when one mask serves every head (head > 0: a discard mask only).
 struct Frame {
   std::vector<int64_t> q, k;  // per batch: where row 0 and key 0 of the window sit in the tensor
 };
 struct Mask {
   const void *data = nullptr;
   bool additive = false;  // float16 values added to the score (PFA), else a uint8-sized discard flag
-  int64_t numel = 0, batch = 0, row = 0;
+  int64_t numel = 0, batch = 0, row = 0, head = 0;
 };
 
-// Additive score bias (pse_shift, added after the scale), of the query dtype: element (b, h, i, j) at
-// b * batch + h * head + (i + frame.q[b]) * row + (j + frame.k[b]). batch = 0 broadcasts one bias over the
-// batch.
+// Additive score bias (pse_shift / pse / real_shift), of the query dtype, added to the scaled score times
+// `factor`: element (b, h, i, j) at b * batch + h * head + (i + frame.q[b]) * row + (j + frame.k[b]). batch = 0
+// broadcasts one bias over the batch. factor = scale puts the bias before the scale (FAS, SFA pse_type 1:
+// S = scale * (q.k + pse)); 1 adds it after (PFA / FIA, pse_type 0).
+// compressed_rows > 0 (1024, the compressed ALiBi rows of sparse modes 2/3): row i of batch b reads pse row
+// r = i + compressed_rows - q_len[b]; r < 0 reads row 0 at column j - r (Toeplitz shift), which is 0 when
+// j - r >= cols. score_terms.h (BiasOffset) is the one place this mapping is computed.
 struct ScoreBias {
   const void *data = nullptr;
   DType dtype = kUnknownDType;
   int64_t numel = 0, batch = 0, head = 0, row = 0;
+  float factor = 1.f;
+  int64_t compressed_rows = 0, cols = 0;  // cols: the pse's last axis (read only with compressed rows)
+};
+
+// ALiBi computed from slopes (SFA pse_type 2 / 3), added after the scale: bias(b, h, i, j) =
+// -slope * |j - i + shift| (type 2) or -slope * sqrt(|j - i + shift|) (type 3), shift = kv_start_idx -
+// q_start_idx, (i, j) window-relative. slopes: B * N values, slope of (b, h) at b * N + h ((N,) inputs are
+// broadcast by the reader). Empty: none.
+struct Alibi {
+  std::vector<float> slopes;
+  bool sqrt = false;
+  int64_t shift = 0;
+  bool enabled() const { return !slopes.empty(); }
+};
+
+// Dropout of the probabilities in the P.V product (training): P_ij * Z_ij / keep_prob, Z the keep bit; the
+// softmax sum l does not include Z. The keep bit of (b, h, i, j), (i, j) window-relative, is either
+// - explicit (bits != nullptr): bit k & 7 (LSB first) of byte bits[k >> 3], k = base[b] + h * head[b] +
+//   i * row[b] + j (FAS drop_mask, (B, N, S1, S2 / 8) or TND's flat packing), or
+// - generated from the counter hash of the contract (score_terms.h DropKeep): stream = mix64(seed * golden +
+//   offset), row_id = h * rows + row_origin[b] + i, keep = (u >> 40) < threshold.
+// keep_prob == 1 (disabled): Z = 1 everywhere, nothing is read.
+struct Dropout {
+  double keep_prob = 1.0;
+  float inv_keep = 1.f;    // 1 / keep_prob, the factor of a kept probability
+  uint64_t threshold = 0;  // floor(keep_prob * 2^24)
+  const uint8_t *bits = nullptr;
+  int64_t bytes = 0;  // size of the explicit mask
+  std::vector<int64_t> base, head, row;
+  uint64_t stream = 0;
+  int64_t rows = 0;                 // R: B * S1, or T1 in TND
+  std::vector<int64_t> row_origin;  // per batch: b * S1, or the batch's first token in TND
+  bool enabled() const { return keep_prob < 1.0; }
+};
+
+// softmax_max / softmax_sum of a training forward: float32, the row's value repeated kStatsWidth times from
+// element rows.At(b, h, i) (i the stored query position). Rows with no visible key get max = -FLT_MAX and
+// sum = FLT_MAX. Null: not returned.
+constexpr int64_t kStatsWidth = 8;
+struct SoftmaxStats {
+  float *max = nullptr, *sum = nullptr;
+  int64_t numel = 0;  // of each
+  RowStrides rows;
+  bool enabled() const { return max != nullptr; }
 };
 
 // The band of keys a query row may see (sparse modes, pre/next tokens), computed, never stored: row i of batch
-// b sees keys j with lo[b] <= j - i <= hi[b] (both inclusive). Empty vectors: every key.
+// b sees keys j with lo[b] <= j - i <= hi[b] (both inclusive), and, when open_keys is given (prefix sparse modes
+// 5/6), also every key j < open_keys[b] whatever the band. Empty vectors: every key.
 struct Band {
   std::vector<int64_t> lo, hi;
+  std::vector<int64_t> open_keys;  // empty, or B values
   bool enabled() const { return !lo.empty(); }
 };
 
@@ -154,7 +207,10 @@ struct Problem {
   Frame frame;  // where window-relative (i, j) sit in the mask and the bias (sized B when either is given)
   Mask mask;
   ScoreBias bias;
+  Alibi alibi;
   Band band;
+  Dropout dropout;
+  SoftmaxStats stats;
   SharedPrefix prefix;
   Rope rope;
   std::vector<float> sink;  // learnable sink per query head (empty: none)

@@ -44,8 +44,10 @@ inline void ReadArgs(const char *prim, int expected, int nparam, void **params, 
 }
 
 // The float64 attribute vector (kernel_abi.h): `count` values, the attributes then one presence flag per
-// tensor input (from `presence_offset`); marks args[i] absent where its flag is 0.
-inline const double *ReadAttrs(const char *prim, const Arg &a, int count, int presence_offset, Arg *args) {
+// tensor input (from `presence_offset`); marks args[i] absent where its flag is 0. Inputs listed in `generated`
+// (seed / offset, which the functional always makes) are always given, whatever their flag.
+inline const double *ReadAttrs(const char *prim, const Arg &a, int count, int presence_offset, Arg *args,
+                               std::initializer_list<int> generated = {}) {
   if (a.dtype != abi::kFloat64 || a.numel() != count) {
     Fail(prim, "the attribute vector must hold %d float64 values, but got %lld of %s.", count,
          (long long)a.numel(), DTypeName(a.dtype));
@@ -54,6 +56,7 @@ inline const double *ReadAttrs(const char *prim, const Arg &a, int count, int pr
   for (int i = 0; i < count - presence_offset; ++i) {
     const double flag = v[presence_offset + i];
     if (flag != 0.0 && flag != 1.0) Fail(prim, "the presence flag of input %d must be 0 or 1, but got %g.", i, flag);
+    if (std::find(generated.begin(), generated.end(), i) != generated.end()) continue;
     args[i].given = flag == 1.0;
     if (!args[i].given && !(args[i].ndim == 1 && args[i].shape[0] == 0)) {
       Fail(prim, "the absent input %d must be an empty placeholder, but got shape %s.", i,
@@ -361,9 +364,11 @@ inline void CheckProblem(const char *prim, const Problem &p) {
          (long long)p.N, (long long)p.kvN, (long long)p.G, (long long)p.D);
   }
   const bool fq = p.full_quant.enabled;
-  const bool q_ok = fq ? p.q_dtype == abi::kInt8 : (p.q_dtype == abi::kFloat16 || p.q_dtype == abi::kBfloat16);
+  const bool f32 = p.q_dtype == abi::kFloat32;  // speed_fusion_attention: float32 query, key and value, no rope
+  const bool q_ok = fq ? p.q_dtype == abi::kInt8
+                       : (p.q_dtype == abi::kFloat16 || p.q_dtype == abi::kBfloat16 || (f32 && !p.rope.enabled()));
   const bool kv_ok = fq ? p.kv.dtype == abi::kInt8 && !p.kv.antiquant.enabled()
-                        : p.kv.dtype == p.q_dtype || (p.kv.dtype == abi::kInt8 && p.kv.antiquant.enabled());
+                        : p.kv.dtype == p.q_dtype || (!f32 && p.kv.dtype == abi::kInt8 && p.kv.antiquant.enabled());
   const DType plain_out = fq ? abi::kFloat16 : p.q_dtype;
   const bool out_ok = p.post_quant.enabled() ? p.out_dtype == abi::kInt8 : p.out_dtype == plain_out;
   const DType bias_dtype = fq ? abi::kFloat16 : p.q_dtype;
@@ -377,7 +382,30 @@ inline void CheckProblem(const char *prim, const Problem &p) {
   }
   const bool framed = p.mask.data != nullptr || p.bias.data != nullptr;
   if (framed && (p.frame.q.size() != B || p.frame.k.size() != B)) Fail(prim, "internal error: no mask frame.");
-  if (p.band.enabled() && (p.band.lo.size() != B || p.band.hi.size() != B)) Fail(prim, "internal error: band.");
+  if (p.band.enabled() && (p.band.lo.size() != B || p.band.hi.size() != B ||
+                            (!p.band.open_keys.empty() && p.band.open_keys.size() != B))) {
+    Fail(prim, "internal error: band.");
+  }
+  if (!p.band.enabled() && !p.band.open_keys.empty()) Fail(prim, "internal error: open keys without a band.");
+  if (p.alibi.enabled() && p.alibi.slopes.size() != B * static_cast<size_t>(p.N)) {
+    Fail(prim, "internal error: the ALiBi slopes are not sized B * N.");
+  }
+  const Dropout &drop = p.dropout;
+  if (drop.enabled()) {
+    if (!(drop.keep_prob > 0.0) || (drop.bits == nullptr && drop.row_origin.size() != B) ||
+        (drop.bits != nullptr && (drop.base.size() != B || drop.head.size() != B || drop.row.size() != B))) {
+      Fail(prim, "internal error: an inconsistent dropout.");
+    }
+  }
+  const SoftmaxStats &stats = p.stats;
+  if (stats.enabled() && (stats.sum == nullptr || stats.rows.batch < 0 || stats.rows.head < 0 || stats.rows.seq < 0)) {
+    Fail(prim, "internal error: softmax stats.");
+  }
+  if (p.bias.compressed_rows > 0) {  // window-relative rows and columns: no frame
+    bool ok = p.bias.cols <= p.bias.row;
+    for (size_t b = 0; ok && b < p.frame.q.size(); ++b) ok = p.frame.q[b] == 0 && p.frame.k[b] == 0;
+    if (!ok) Fail(prim, "internal error: a compressed pse.");
+  }
   if (!p.sink.empty() && p.sink.size() != static_cast<size_t>(p.N)) Fail(prim, "internal error: sink size.");
   const Antiquant &aq = p.kv.antiquant;
   if (aq.enabled() && (aq.key_scale.size() != width || aq.key_offset.size() != width ||
@@ -457,15 +485,29 @@ inline void CheckProblem(const char *prim, const Problem &p) {
     if (framed && (p.frame.q[b] < 0 || p.frame.k[b] < 0)) Fail(prim, "internal error: a negative mask frame.");
     const int64_t mi = ql - 1, mj = keys - 1;  // last window-relative row and key
     if (p.mask.data != nullptr) {
-      const int64_t at = b * p.mask.batch + (mi + p.frame.q[b]) * p.mask.row + mj + p.frame.k[b];
-      if (at >= p.mask.numel || p.mask.batch < 0 || p.mask.row < 0) internal("'attn_mask'", at, p.mask.numel);
+      const int64_t at = b * p.mask.batch + (p.N - 1) * p.mask.head + (mi + p.frame.q[b]) * p.mask.row + mj +
+                         p.frame.k[b];
+      if (at >= p.mask.numel || p.mask.batch < 0 || p.mask.row < 0 || p.mask.head < 0 ||
+          (p.mask.head != 0 && p.mask.additive)) {
+        internal("'attn_mask'", at, p.mask.numel);
+      }
     }
     if (p.bias.data != nullptr) {
-      const int64_t at = b * p.bias.batch + (p.N - 1) * p.bias.head + (mi + p.frame.q[b]) * p.bias.row + mj +
-                         p.frame.k[b];
+      // a compressed pse's rows are [0, compressed_rows), its row-0 shift reads stop at cols (BiasOffset)
+      const int64_t last_row = p.bias.compressed_rows > 0 ? p.bias.compressed_rows - 1 : mi + p.frame.q[b];
+      const int64_t at = b * p.bias.batch + (p.N - 1) * p.bias.head + last_row * p.bias.row + mj + p.frame.k[b];
       if (at >= p.bias.numel || p.bias.batch < 0 || p.bias.head < 0 || p.bias.row < 0) {
-        internal("'pse_shift'", at, p.bias.numel);
+        internal("'pse'", at, p.bias.numel);
       }
+    }
+    if (drop.enabled() && drop.bits != nullptr) {
+      const int64_t last = drop.base[b] + (p.N - 1) * drop.head[b] + mi * drop.row[b] + mj;
+      if (drop.base[b] < 0 || drop.head[b] < 0 || drop.row[b] < 0 || (last >> 3) >= drop.bytes) {
+        internal("'drop_mask'", last >> 3, drop.bytes);
+      }
+    }
+    if (stats.enabled() && stats.rows.At(b, p.N - 1, qi) + kStatsWidth > stats.numel) {
+      internal("softmax_max / softmax_sum", stats.rows.At(b, p.N - 1, qi) + kStatsWidth, stats.numel);
     }
   }
   if (p.kv.paged) CheckBlockTable(prim, "block_table", pg, kv_end);

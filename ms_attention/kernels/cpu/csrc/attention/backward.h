@@ -1,0 +1,571 @@
+// The flash-attention backward of training attention (flash_attention_score / speed_fusion_attention grad).
+//
+// P is recomputed from the forward's softmax_max / softmax_sum, with the forward's own score terms
+// (score_terms.h: visibility, pse / ALiBi, dropout keep bit), and the gradients follow the standard flash
+// backward, with Pd = P * Z / keep_prob and Dsum_i = dO_i . O_i:
+//   dV_j += sum_i Pd_ij dO_i,  dP_ij = (dO_i . v_j) * Z_ij / keep_prob,  dS_ij = P_ij (dP_ij - Dsum_i),
+//   dQ_i += scale * sum_j dS_ij k_j,  dK_j += scale * sum_i dS_ij q_i,  dpse += factor * dS_ij.
+//
+// A unit of work is a (batch, KV head) with all G query heads of that KV head, so dK / dV of its keys are
+// written by it alone (no atomics). When the pse is broadcast over the batch, a unit is one KV head looping over
+// the batches, so dpse's elements are summed by one thread. A unit walks its keys in blocks of kGradKeys; for
+// each block, the query row blocks that see some of its keys (band / causal skipping) in blocks of about
+// kGradRows rows (positions x G heads, the forward's row order). Each (key block, row block) tile is held
+// key-major (keys x rows, rows contiguous), which makes every product a register-blocked micro-GEMM of
+// tile_pack.h / value_tile.h:
+//   S^T = K (scale Q)^T and dPd^T = V dO^T   (ScorePanel: the rows packed transposed in panels),
+//   dV += Pd^T dO and dK += dS^T (scale Q)   (ValueRows: key rows accumulate, weights P^T / dS^T),
+//   dQ += dS K, times scale when stored      (ValueRows on the transposed dS tile).
+// A unit first gathers its rows' queries (times scale) and output gradients, widened, into contiguous scratch:
+// every key block reads them again. dQ accumulates in float32 scratch (the unit's rows x D), dK / dV per key
+// block; nothing is S x S. dpse
+// accumulates in a float32 buffer of the pse's size (the pse itself when it is float32), converted at the end.
+// All scratch is allocated once per call, before the parallel region.
+#pragma once
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "attention/numeric.h"
+#include "attention/problem.h"
+#include "attention/score_terms.h"
+#include "attention/simd.h"
+#include "attention/softmax.h"
+#include "attention/tile_pack.h"
+#include "attention/value_tile.h"
+#include "parallel.h"
+
+namespace msa {
+
+// The backward's tensors beyond the forward's Problem (whose query / key / value / pse / mask / band / dropout /
+// stats describe the forward call): dy and the forward's output in the query's shape and layout (q_rows), and
+// the gradients, each in the shape, layout and dtype of its input (dq: q_rows, dk / dv: kv.rows).
+struct GradTensors {
+  const void *dy = nullptr, *out = nullptr;  // q_dtype, q_numel elements each
+  void *dq = nullptr;                        // q_dtype, q_numel elements
+  void *dk = nullptr, *dv = nullptr;         // kv.dtype, kv.numel elements each
+  // dpse: pse's dtype and size (bias.numel elements at BiasOffset) with a pse tensor; with ALiBi slopes zeros of
+  // dpse_numel elements; null when there is no pse.
+  void *dpse = nullptr;
+  DType dpse_dtype = kUnknownDType;
+  int64_t dpse_numel = 0;
+};
+
+namespace detail {
+
+constexpr int64_t kGradKeys = 48;   // keys per block: a multiple of the score panel's rows (12, or 6 with AVX2)
+constexpr int64_t kGradRows = 64;   // query rows per block (positions x G heads), before rounding to panels
+constexpr int64_t kGradPanel = 32;  // row blocks are padded to a multiple of this (>= any packed panel width)
+
+#if defined(MSA_SIMD)
+static_assert(kGradKeys % kScorePanelRows == 0, "a key block is whole score panels");
+static_assert(kGradPanel % kPackKeys == 0 && kGradPanel % simd::kWidth == 0, "row panels are whole vectors");
+static_assert(kGradKeys % simd::kWidth == 0, "key blocks transpose in whole vectors");
+#endif
+
+// Element type helpers: a row widened to float32 (times a factor), a float32 row rounded to the storage type.
+template <class E>
+inline void WidenRow(const E *src, int64_t n, float factor, float *dst) {
+  simd::LoadRow(src, n, dst);
+  if (factor != 1.f) {
+    for (int64_t d = 0; d < n; ++d) dst[d] *= factor;
+  }
+}
+inline void StoreRow(const float *src, int64_t n, float *dst) { std::memcpy(dst, src, n * sizeof(float)); }
+inline void StoreRow(const float *src, int64_t n, Half *dst) {
+  for (int64_t d = 0; d < n; ++d) dst[d].bits = FloatToHalf(src[d]);
+}
+inline void StoreRow(const float *src, int64_t n, BFloat16 *dst) {
+  for (int64_t d = 0; d < n; ++d) dst[d].bits = FloatToBF16(src[d]);
+}
+
+// One thread's working memory (floats), carved from one buffer; R is the padded row block, M the most rows
+// (positions x G) of a unit's batch.
+struct GradScratch {
+  float *kw, *vw;           // kGradKeys x D: the key and value block (widened)
+  float *dk, *dv;           // kGradKeys x D: accumulators of the key block
+  float *qt, *dot;          // R x D: the row block's queries and output gradients packed transposed
+  float *st, *dpt;          // kGradKeys x R: S^T -> Pd^T, dPd^T -> dS^T
+  float *ds;                // R x kGradKeys: dS
+  float *terms, *zt;        // kGradKeys x R: score terms (bias, -inf masked) and Z / keep_prob, key-major
+  float *rm;                // R x kGradKeys: the row-major terms before their transpose
+  float *bm, *bl, *bd;      // R: the row block's max, 1 / sum, Dsum (0 for padding rows)
+  float *lo, *hi;           // R: first / last key of each row's band (floats, clamped to the block)
+  float *ones;              // max(R, kGradKeys): unit corrections for ValueRows
+  float *m, *inv_l, *dsum;  // M: per row of the unit's batch
+  float *qa, *doa, *dq;     // M x D: the batch's queries times scale, output gradients (widened), dQ
+  static constexpr int kArrays = 22;
+  static int64_t Floats(int64_t R, int64_t M, int64_t D) {
+    const int64_t K = kGradKeys;
+    return 4 * K * D + 2 * R * D + 5 * K * R + 2 * R * K + 5 * R + std::max(R, K) + 3 * M + 3 * M * D +
+           kArrays * 16;  // each array rounded up to 16 floats
+  }
+  GradScratch(float *base, int64_t R, int64_t M, int64_t D) {
+    const int64_t K = kGradKeys;
+    float *p = base;
+    auto take = [&p](int64_t n) {
+      float *at = p;
+      p += (n + 15) / 16 * 16;  // keep every array 64-byte aligned relative to the base
+      return at;
+    };
+    kw = take(K * D), vw = take(K * D), dk = take(K * D), dv = take(K * D);
+    qt = take(R * D), dot = take(R * D);
+    st = take(K * R), dpt = take(K * R), ds = take(R * K), terms = take(K * R), zt = take(K * R), rm = take(R * K);
+    bm = take(R), bl = take(R), bd = take(R), lo = take(R), hi = take(R);
+    ones = take(std::max(R, K));
+    m = take(M), inv_l = take(M), dsum = take(M);
+    qa = take(M * D), doa = take(M * D), dq = take(M * D);
+    for (int64_t i = 0; i < std::max(R, K); ++i) ones[i] = 1.f;
+  }
+};
+
+// ---- tile products --------------------------------------------------------------------------------------
+
+// Rows [0, n) of a row block (pointers), packed for TileProducts: transposed in panels of kPackKeys rows,
+// zero-padded to R rows (row-major, widened, without SIMD).
+template <class E>
+inline void PackRows(const E *const *rows, int64_t n, int64_t R, int64_t D, float *packed) {
+#if defined(MSA_SIMD)
+  for (int64_t r = 0; r < R; r += kPackKeys) {
+    PackKeysTransposed(rows + std::min(r, n), std::max<int64_t>(0, std::min(kPackKeys, n - r)), D, packed + r * D);
+  }
+#else
+  for (int64_t r = 0; r < R; ++r) {
+    if (r < n) {
+      simd::LoadRow(rows[r], D, packed + r * D);
+    } else {
+      std::fill(packed + r * D, packed + (r + 1) * D, 0.f);
+    }
+  }
+#endif
+}
+
+// c[j * ldc + r] = a_j . b_r for keys j < m (a: rows of D floats) and every row r < R of a packed block.
+inline void TileProducts(const float *a, int64_t m, const float *packed, int64_t R, int64_t D, float *c,
+                         int64_t ldc) {
+#if defined(MSA_SIMD)
+  for (int64_t r = 0; r < R; r += kPackKeys) {
+    const float *panel = packed + r * D;
+    int64_t j = 0;
+    for (; j + kScorePanelRows <= m; j += kScorePanelRows) {
+      ScorePanel<kScorePanelRows>(a + j * D, D, panel, D, kPackKeys, c + j * ldc + r, ldc);
+    }
+    if (j < m) ScorePanelTail<kScorePanelRows - 1>(a + j * D, D, m - j, panel, D, kPackKeys, c + j * ldc + r, ldc);
+  }
+#else
+  for (int64_t j = 0; j < m; ++j) {
+    for (int64_t r = 0; r < R; ++r) {
+      const float *x = a + j * D, *y = packed + r * D;
+      float sum = 0.f;
+      for (int64_t d = 0; d < D; ++d) sum += x[d] * y[d];
+      c[j * ldc + r] = sum;
+    }
+  }
+#endif
+}
+
+// acc[r * D, + D) += sum_{k < n} w[r * ldw + k] * src[k][0, D) for r < rows.
+inline void AccumulateProducts(float *acc, int64_t rows, const float *w, int64_t ldw, const float *const *src,
+                               int64_t n, int64_t D, const float *ones) {
+#if defined(MSA_SIMD)
+  constexpr int MR = kValueRows, NC = kValueVectors;
+  int64_t r = 0;
+  for (; r + MR <= rows; r += MR) ValueRows<float, MR, NC>(acc + r * D, D, ones, w + r * ldw, ldw, src, n, D);
+  for (; r < rows; ++r) ValueRows<float, 1, NC>(acc + r * D, D, ones, w + r * ldw, ldw, src, n, D);
+#else
+  (void)ones;
+  for (int64_t r = 0; r < rows; ++r) {
+    float *a = acc + r * D;
+    for (int64_t k = 0; k < n; ++k) {
+      const float x = w[r * ldw + k];
+      if (x == 0.f) continue;
+      for (int64_t d = 0; d < D; ++d) a[d] += x * src[k][d];
+    }
+  }
+#endif
+}
+
+// dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols (multiples of the vector width with SIMD).
+inline void TransposeTile(const float *src, int64_t lds, int64_t rows, int64_t cols, float *dst, int64_t ldd) {
+#if defined(MSA_SIMD)
+  constexpr int W = simd::kWidth;
+  simd::Vec v[W];
+  for (int64_t r = 0; r < rows; r += W) {
+    for (int64_t c = 0; c < cols; c += W) {
+      for (int i = 0; i < W; ++i) v[i] = simd::Load(src + (r + i) * lds + c);
+      Transpose(v);
+      for (int i = 0; i < W; ++i) simd::Store(dst + (c + i) * ldd + r, v[i]);
+    }
+  }
+#else
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
+  }
+#endif
+}
+
+// ---- the element-wise step of a tile ----------------------------------------------------------------------
+
+#if defined(MSA_SIMD_AVX512)
+inline simd::Vec KeepVisible(simd::Vec s, simd::Vec j, simd::Vec lo, simd::Vec hi) {
+  const __mmask16 in = _mm512_cmp_ps_mask(j, lo, _CMP_GE_OQ) & _mm512_cmp_ps_mask(j, hi, _CMP_LE_OQ);
+  return _mm512_mask_blend_ps(in, simd::Set1(kNegInf), s);
+}
+#elif defined(MSA_SIMD_AVX2)
+inline simd::Vec KeepVisible(simd::Vec s, simd::Vec j, simd::Vec lo, simd::Vec hi) {
+  const __m256 in = _mm256_and_ps(_mm256_cmp_ps(j, lo, _CMP_GE_OQ), _mm256_cmp_ps(j, hi, _CMP_LE_OQ));
+  return _mm256_blendv_ps(simd::Set1(kNegInf), s, in);
+}
+#endif
+
+// How the visibility of a tile is decided.
+enum class TileKind {
+  kOpen,   // every key visible to every row: no test
+  kBand,   // only the band decides, per element from the rows' [lo, hi] (sc.lo / sc.hi)
+  kTerms,  // a mask, pse, ALiBi or dropout: the terms tile (and zt) from score_terms.h
+};
+
+// On keys [0, nk) x rows [0, R) of the tile: st (scale q.k) becomes Pd^T = P Z / keep_prob, dpt (dO . v) becomes
+// dS^T = P (dP - Dsum). j0: the block's first key; row r's max / (1 / sum) / Dsum in sc.bm / sc.bl / sc.bd.
+inline void TileGradients(const GradScratch &sc, int64_t R, int64_t nk, int64_t j0, TileKind kind, bool dropout) {
+#if defined(MSA_SIMD)
+  using namespace simd;
+  for (int64_t j = 0; j < nk; ++j) {
+    float *s = sc.st + j * R, *dp = sc.dpt + j * R;
+    const float *terms = sc.terms + j * R, *z = sc.zt + j * R;
+    const Vec key = Set1(static_cast<float>(j0 + j));
+    for (int64_t r = 0; r < R; r += kWidth) {
+      Vec x = Load(s + r);
+      if (kind == TileKind::kTerms) x = Add(x, Load(terms + r));
+      if (kind == TileKind::kBand) x = KeepVisible(x, key, Load(sc.lo + r), Load(sc.hi + r));
+      const Vec prob = Mul(Exp(Sub(x, Load(sc.bm + r))), Load(sc.bl + r));
+      Vec dprob = Load(dp + r), kept = prob;
+      if (dropout) {
+        const Vec zr = Load(z + r);
+        kept = Mul(prob, zr);
+        dprob = Mul(dprob, zr);
+      }
+      Store(s + r, kept);
+      Store(dp + r, Mul(prob, Sub(dprob, Load(sc.bd + r))));
+    }
+  }
+#else
+  for (int64_t j = 0; j < nk; ++j) {
+    float *s = sc.st + j * R, *dp = sc.dpt + j * R;
+    const float *terms = sc.terms + j * R, *z = sc.zt + j * R;
+    const float key = static_cast<float>(j0 + j);
+    for (int64_t r = 0; r < R; ++r) {
+      float x = s[r];
+      if (kind == TileKind::kTerms) x += terms[r];
+      if (kind == TileKind::kBand && !(key >= sc.lo[r] && key <= sc.hi[r])) x = kNegInf;
+      const float prob = x == kNegInf ? 0.f : std::exp(x - sc.bm[r]) * sc.bl[r];
+      float dprob = dp[r], kept = prob;
+      if (dropout) {
+        kept = prob * z[r];
+        dprob *= z[r];
+      }
+      s[r] = kept;
+      dp[r] = prob * (dprob - sc.bd[r]);
+    }
+  }
+#endif
+}
+
+// ---- a unit of work ---------------------------------------------------------------------------------------
+
+struct GradPlan {
+  int64_t block_pos = 1;   // query positions per row block
+  int64_t R = 0;           // rows of a row block, padded to kGradPanel
+  int64_t M = 0;           // the most rows (positions x G) of a batch
+  bool terms = false;      // every tile needs the score terms (mask, pse, ALiBi, dropout)
+  float *dpse = nullptr;   // float32 accumulator of dpse (pse's size), null when not computed
+};
+
+// The score terms of a tile, key-major in sc.terms (bias, or -inf where the key is not visible) and sc.zt
+// (Z / keep_prob), computed row by row with score_terms.h's row forms, then transposed. Padding rows get 0, Z 0.
+inline void TileTerms(const Problem &p, int64_t b, int64_t kh, int64_t i0, int64_t nr, int64_t R, int64_t j0,
+                      int64_t nk, const GradScratch &sc) {
+  const int64_t G = p.G, K = kGradKeys;
+  for (int64_t r = 0; r < R; ++r) {
+    float *row = sc.rm + r * K;
+    std::fill(row, row + K, 0.f);
+    if (r >= nr) continue;
+    const int64_t h = kh * G + r % G, i = i0 + r / G;
+    if (p.bias.data != nullptr) AddPseRow(p, b, h, i, j0, nk, row);
+    if (p.alibi.enabled()) AddAlibiRow(p, b, h, i, j0, nk, row);
+    for (int64_t t = 0; t < nk; ++t) {
+      if (!KeyVisible(p, b, h, i, j0 + t)) row[t] = kNegInf;
+    }
+  }
+  TransposeTile(sc.rm, K, R, K, sc.terms, R);
+  if (!p.dropout.enabled()) return;
+  for (int64_t r = 0; r < R; ++r) {
+    float *row = sc.rm + r * K;
+    std::fill(row, row + K, r < nr ? 1.f : 0.f);
+    if (r < nr) ApplyDropoutRow(p.dropout, b, kh * G + r % G, i0 + r / G, j0, nk, row);
+  }
+  TransposeTile(sc.rm, K, R, K, sc.zt, R);
+}
+
+// dpse += factor * dS over the tile's elements (dS^T in sc.dpt), at the pse elements they read.
+inline void TileBiasGradient(const Problem &p, int64_t b, int64_t kh, int64_t i0, int64_t nr, int64_t R, int64_t j0,
+                             int64_t nk, const GradScratch &sc, float *dpse) {
+  const int64_t G = p.G;
+  const float factor = p.bias.factor;
+  for (int64_t r = 0; r < nr; ++r) {
+    const int64_t h = kh * G + r % G, i = i0 + r / G;
+    for (int64_t t = 0; t < nk; ++t) {
+      const float grad = sc.dpt[t * R + r];
+      if (grad == 0.f) continue;
+      const int64_t at = BiasOffset(p, b, h, i, j0 + t);
+      if (at >= 0) dpse[at] += factor * grad;
+    }
+  }
+}
+
+// How the tile of keys [j0, jl] and query positions [i0, il] of batch b decides visibility, without score terms.
+inline TileKind BandKind(const Problem &p, int64_t b, int64_t i0, int64_t il, int64_t j0, int64_t jl) {
+  const Band &band = p.band;
+  if (!band.enabled()) return TileKind::kOpen;
+  const bool prefix = !band.open_keys.empty();
+  if (prefix && jl < band.open_keys[b]) return TileKind::kOpen;
+  if (j0 - il >= band.lo[b] && jl - i0 <= band.hi[b]) return TileKind::kOpen;
+  // a band edge crosses the tile; with open prefix keys in it the visible keys of a row need not be one range
+  return prefix && j0 < band.open_keys[b] ? TileKind::kTerms : TileKind::kBand;
+}
+
+// The query positions [*lo, *hi) of batch b that see some key of [j0, jl] (empty when *lo >= *hi).
+inline void VisibleRows(const Problem &p, int64_t b, int64_t j0, int64_t jl, int64_t *lo, int64_t *hi) {
+  const Band &band = p.band;
+  *lo = 0;
+  *hi = p.q_len[b];
+  if (band.enabled() && !(!band.open_keys.empty() && j0 < band.open_keys[b])) {
+    *lo = std::max<int64_t>(0, j0 - band.hi[b]);
+    *hi = std::min<int64_t>(p.q_len[b], jl - band.lo[b] + 1);
+  }
+}
+
+// Key blocks [*first, *last) of split s of batch b's keys, when they are split `splits` ways: contiguous ranges
+// of about equal work (the query rows that see each block, which a causal band makes uneven).
+inline void SplitKeyBlocks(const Problem &p, int64_t b, int64_t splits, int64_t s, int64_t *first, int64_t *last) {
+  const int64_t keys = p.kv_len[b], blocks = (keys + kGradKeys - 1) / kGradKeys;
+  auto cost = [&](int64_t block) {
+    int64_t lo = 0, hi = 0;
+    VisibleRows(p, b, block * kGradKeys, std::min(keys, (block + 1) * kGradKeys) - 1, &lo, &hi);
+    return std::max<int64_t>(1, hi - lo);  // every block has its own fixed costs
+  };
+  int64_t total = 0;
+  for (int64_t k = 0; k < blocks; ++k) total += cost(k);
+  // split s starts at the first block whose preceding work reaches s / splits of the total
+  auto start = [&](int64_t part) {
+    if (part >= splits) return blocks;
+    int64_t done = 0, k = 0;
+    for (; k < blocks && done * splits < total * part; ++k) done += cost(k);
+    return k;
+  };
+  *first = start(s);
+  *last = start(s + 1);
+}
+
+// The gradients of (batch b, KV head kh) from key blocks [kb0, kb1): dK / dV of those keys, their share of dpse,
+// and their share of dQ of the G heads' rows, accumulated (unscaled) in dq_acc (M x D floats) and, when `store`,
+// scaled and written out. ptrs: kGradKeys + 2 * R row pointers of scratch.
+template <class E>
+void GradUnit(const Problem &p, const GradTensors &g, const GradPlan &plan, int64_t b, int64_t kh, int64_t kb0,
+              int64_t kb1, float *dq_acc, bool store, GradScratch &sc, const float **ptrs) {
+  const int64_t G = p.G, D = p.D, K = kGradKeys, R = plan.R;
+  const int64_t q_len = p.q_len[b], keys = p.kv_len[b], rows = q_len * G;
+  if (q_len == 0 || keys == 0) {  // no gradient (the outputs were zeroed)
+    std::fill(dq_acc, dq_acc + rows * D, 0.f);
+    return;
+  }
+  const E *query = static_cast<const E *>(p.query), *dy = static_cast<const E *>(g.dy);  // q_rows
+  const E *out = static_cast<const E *>(g.out);
+  const E *key = static_cast<const E *>(p.kv.key), *value = static_cast<const E *>(p.kv.value);
+  const float scale = p.scale;
+  auto q_at = [&](int64_t r) { return p.q_rows.At(b, kh * G + r % G, p.q_start[b] + r / G); };
+
+  // Every row's softmax statistics, Dsum = dO . O, and its query (times scale) and output gradient gathered
+  // once, widened and contiguous: each key block reads them all again, and rows of a token-major layout lie a
+  // page apart (the tiles stalled on them).
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t at = p.stats.rows.At(b, kh * G + r % G, p.q_start[b] + r / G);
+    const float m = p.stats.max[at], l = p.stats.sum[at];
+    const bool empty = !(l > 0.f) || !(m > -FLT_MAX) || std::isinf(m);  // no visible key: contributes nothing
+    sc.m[r] = empty ? 0.f : m;
+    sc.inv_l[r] = empty ? 0.f : 1.f / l;
+    float *q = sc.qa + r * D, *g = sc.doa + r * D, *o = dq_acc + r * D;  // o: dq_acc is free until zeroed
+    WidenRow(query + q_at(r), D, scale, q);
+    WidenRow(dy + q_at(r), D, 1.f, g);
+    WidenRow(out + q_at(r), D, 1.f, o);
+    float sum = 0.f;
+    for (int64_t d = 0; d < D; ++d) sum += g[d] * o[d];
+    sc.dsum[r] = sum;
+  }
+  std::fill(dq_acc, dq_acc + rows * D, 0.f);
+
+  const Band &band = p.band;
+  const float **kw_rows = ptrs, **qw_rows = ptrs + K, **dow_rows = ptrs + K + R;
+  E *dk = static_cast<E *>(g.dk), *dv = static_cast<E *>(g.dv);
+  for (int64_t j0 = kb0 * K; j0 < std::min(keys, kb1 * K); j0 += K) {
+    const int64_t nk = std::min(K, keys - j0), jl = j0 + nk - 1;
+    int64_t i_lo = 0, i_hi = 0;  // the query positions that see a key of the block
+    VisibleRows(p, b, j0, jl, &i_lo, &i_hi);
+    if (i_lo >= i_hi) continue;  // no row sees these keys: their dK, dV stay 0
+    for (int64_t t = 0; t < nk; ++t) {
+      const int64_t at = p.kv.rows.At(b, kh, p.kv_start[b] + j0 + t);
+      WidenRow(key + at, D, 1.f, sc.kw + t * D);
+      WidenRow(value + at, D, 1.f, sc.vw + t * D);
+      kw_rows[t] = sc.kw + t * D;
+    }
+    std::fill(sc.dk, sc.dk + nk * D, 0.f);
+    std::fill(sc.dv, sc.dv + nk * D, 0.f);
+    for (int64_t i0 = i_lo; i0 < i_hi; i0 += plan.block_pos) {
+      const int64_t np = std::min(plan.block_pos, i_hi - i0), nr = np * G, r0 = i0 * G;
+      // the row block: scaled queries and output gradients, packed; per-row statistics
+      for (int64_t r = 0; r < nr; ++r) {
+        qw_rows[r] = sc.qa + (r0 + r) * D;
+        dow_rows[r] = sc.doa + (r0 + r) * D;
+      }
+      PackRows(qw_rows, nr, R, D, sc.qt);
+      PackRows(dow_rows, nr, R, D, sc.dot);
+      for (int64_t r = 0; r < R; ++r) {
+        const bool real = r < nr;
+        sc.bm[r] = real ? sc.m[r0 + r] : 0.f;
+        sc.bl[r] = real ? sc.inv_l[r0 + r] : 0.f;
+        sc.bd[r] = real ? sc.dsum[r0 + r] : 0.f;
+      }
+      TileKind kind = plan.terms ? TileKind::kTerms : BandKind(p, b, i0, i0 + np - 1, j0, jl);
+      if (kind == TileKind::kTerms) {
+        TileTerms(p, b, kh, i0, nr, R, j0, nk, sc);
+      } else if (kind == TileKind::kBand) {
+        for (int64_t r = 0; r < R; ++r) {  // row i sees keys [i + lo, i + hi], clamped around the block
+          const int64_t i = i0 + r / G;
+          sc.lo[r] = static_cast<float>(std::max(j0 - 1, std::min(jl + 1, i + band.lo[b])));
+          sc.hi[r] = static_cast<float>(std::max(j0 - 1, std::min(jl + 1, i + band.hi[b])));
+        }
+      }
+      // S^T = K (scale Q)^T and dPd^T = V dO^T, then Pd^T and dS^T in place
+      TileProducts(sc.kw, nk, sc.qt, R, D, sc.st, R);
+      TileProducts(sc.vw, nk, sc.dot, R, D, sc.dpt, R);
+      TileGradients(sc, R, nk, j0, kind, p.dropout.enabled());
+      if (plan.dpse != nullptr) TileBiasGradient(p, b, kh, i0, nr, R, j0, nk, sc, plan.dpse);
+      // dV += Pd^T dO, dK += dS^T (scale Q), dQ += dS K (times scale when stored)
+      AccumulateProducts(sc.dv, nk, sc.st, R, dow_rows, nr, D, sc.ones);
+      AccumulateProducts(sc.dk, nk, sc.dpt, R, qw_rows, nr, D, sc.ones);
+      TransposeTile(sc.dpt, R, K, R, sc.ds, K);
+      AccumulateProducts(dq_acc + r0 * D, nr, sc.ds, K, kw_rows, nk, D, sc.ones);
+    }
+    for (int64_t t = 0; t < nk; ++t) {
+      const int64_t at = p.kv.rows.At(b, kh, p.kv_start[b] + j0 + t);
+      StoreRow(sc.dk + t * D, D, dk + at);
+      StoreRow(sc.dv + t * D, D, dv + at);
+    }
+  }
+  if (!store) return;
+  E *dq = static_cast<E *>(g.dq);
+  for (int64_t r = 0; r < rows; ++r) {
+    float *row = dq_acc + r * D;
+    for (int64_t d = 0; d < D; ++d) row[d] *= scale;
+    StoreRow(row, D, dq + q_at(r));
+  }
+}
+
+inline size_t DTypeBytes(DType t) { return t == abi::kFloat32 ? 4 : t == abi::kFloat16 || t == abi::kBfloat16 ? 2 : 1; }
+
+template <class E>
+void RunGrad(const Problem &p, const GradTensors &g) {
+  const int64_t G = p.G, D = p.D;
+  std::memset(g.dq, 0, p.q_numel * sizeof(E));
+  std::memset(g.dk, 0, p.kv.numel * sizeof(E));
+  std::memset(g.dv, 0, p.kv.numel * sizeof(E));
+  if (g.dpse != nullptr) std::memset(g.dpse, 0, g.dpse_numel * DTypeBytes(g.dpse_dtype));
+
+  GradPlan plan;
+  plan.block_pos = std::max<int64_t>(1, kGradRows / G);
+  plan.R = (plan.block_pos * G + kGradPanel - 1) / kGradPanel * kGradPanel;
+  for (int64_t b = 0; b < p.B; ++b) plan.M = std::max(plan.M, p.q_len[b] * G);
+  plan.terms = (p.mask.data != nullptr && !p.mask.additive) || p.bias.data != nullptr || p.alibi.enabled() ||
+               p.dropout.enabled();
+  std::vector<float> dpse_acc;
+  if (g.dpse != nullptr && p.bias.data != nullptr) {
+    if (g.dpse_dtype == abi::kFloat32) {
+      plan.dpse = static_cast<float *>(g.dpse);
+    } else {
+      dpse_acc.assign(p.bias.numel, 0.f);
+      plan.dpse = dpse_acc.data();
+    }
+  }
+  // A pse broadcast over the batch is summed over it: one item per KV head then takes every batch. Otherwise an
+  // item is a (batch, KV head).
+  const bool per_head = plan.dpse != nullptr && p.bias.batch == 0 && p.B > 1;
+  const int64_t items = per_head ? p.kvN : p.B * p.kvN;
+  ThreadPool &pool = ThreadPool::Instance();
+  const int threads = pool.threads();
+  // When the items cannot keep every thread busy, an item's key blocks are split; each split accumulates its own
+  // dQ, summed afterwards. Not for per-head items, nor with a compressed pse's gradient (a row-0 shifted element
+  // is read from keys of several splits).
+  int64_t splits = 1;
+  if (!per_head && items < threads && !(plan.dpse != nullptr && p.bias.compressed_rows > 0)) {
+    int64_t blocks = 0;
+    for (int64_t b = 0; b < p.B; ++b) blocks = std::max(blocks, (p.kv_len[b] + kGradKeys - 1) / kGradKeys);
+    splits = std::max<int64_t>(1, std::min<int64_t>((threads + items - 1) / items, blocks));
+  }
+  const int64_t units = items * splits;
+  const int64_t floats = GradScratch::Floats(plan.R, plan.M, D);
+  std::vector<float> scratch(threads * floats + 16);
+  std::vector<const float *> pointers(threads * (kGradKeys + 2 * plan.R));
+  std::vector<float> partial_dq(splits > 1 ? units * plan.M * D : 0);  // split s of item i at unit i * splits + s
+  float *base = reinterpret_cast<float *>((reinterpret_cast<uintptr_t>(scratch.data()) + 63) & ~uintptr_t(63));
+  pool.ParallelFor(units, [&](int64_t w, int slot) {
+    GradScratch sc(base + slot * floats, plan.R, plan.M, D);
+    const float **ptrs = pointers.data() + slot * (kGradKeys + 2 * plan.R);
+    const int64_t item = w / splits, s = w % splits, all = int64_t(1) << 40;
+    if (per_head) {
+      for (int64_t b = 0; b < p.B; ++b) GradUnit<E>(p, g, plan, b, item, 0, all, sc.dq, true, sc, ptrs);
+    } else if (splits == 1) {
+      GradUnit<E>(p, g, plan, item / p.kvN, item % p.kvN, 0, all, sc.dq, true, sc, ptrs);
+    } else {
+      int64_t first = 0, last = 0;
+      SplitKeyBlocks(p, item / p.kvN, splits, s, &first, &last);
+      GradUnit<E>(p, g, plan, item / p.kvN, item % p.kvN, first, last, partial_dq.data() + w * plan.M * D, false,
+                  sc, ptrs);
+    }
+  });
+  if (splits > 1) {  // every split is done: sum their dQ, scale and store
+    pool.ParallelFor(items, [&](int64_t item, int) {
+      const int64_t b = item / p.kvN, kh = item % p.kvN, rows = p.q_len[b] * G;
+      float *sum = partial_dq.data() + item * splits * plan.M * D;
+      for (int64_t s = 1; s < splits; ++s) simd::ScaleAdd(sum, 1.f, sum + s * plan.M * D, 1.f, rows * D);
+      E *dq = static_cast<E *>(g.dq);
+      for (int64_t r = 0; r < rows; ++r) {
+        float *row = sum + r * D;
+        for (int64_t d = 0; d < D; ++d) row[d] *= p.scale;
+        StoreRow(row, D, dq + p.q_rows.At(b, kh * G + r % G, p.q_start[b] + r / G));
+      }
+    });
+  }
+  if (!dpse_acc.empty()) {
+    if (g.dpse_dtype == abi::kFloat16) StoreRow(dpse_acc.data(), p.bias.numel, static_cast<Half *>(g.dpse));
+    if (g.dpse_dtype == abi::kBfloat16) StoreRow(dpse_acc.data(), p.bias.numel, static_cast<BFloat16 *>(g.dpse));
+  }
+}
+
+}  // namespace detail
+
+// Runs the backward of a problem the grad reader accepted (query / key / value of one dtype: float16, bfloat16
+// or float32).
+inline void RunAttentionGrad(const Problem &p, const GradTensors &g) {
+  switch (p.q_dtype) {
+    case abi::kFloat16: detail::RunGrad<Half>(p, g); break;
+    case abi::kBfloat16: detail::RunGrad<BFloat16>(p, g); break;
+    case abi::kFloat32: detail::RunGrad<float>(p, g); break;
+    default: break;  // rejected by the reader
+  }
+}
+
+}  // namespace msa
