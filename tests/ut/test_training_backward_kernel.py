@@ -173,9 +173,10 @@ def test_dtypes_full_attention(mode, dtype):
     check_fas(mode, Inputs(dtype=dtype, d=128, s1=100, s2=100))
 
 
-@pytest.mark.parametrize("n,kvn", [(6, 2), (5, 1), (4, 4)])
-def test_gqa(mode, n, kvn):
-    check_fas(mode, Inputs(n=n, kvn=kvn), sparse_mode=2)
+@pytest.mark.parametrize("n,kvn,s", [(6, 2, 70), (5, 1, 70), (4, 4, 70), (72, 1, 30)])
+def test_gqa(mode, n, kvn, s):
+    """G = 3 and 5 do not divide the kernel's 64-row blocks; G = 72 makes a block of one position, 72 rows."""
+    check_fas(mode, Inputs(n=n, kvn=kvn, s1=s, s2=s + 20), sparse_mode=2)
 
 
 @pytest.mark.parametrize("sparse_mode,extra", [
@@ -268,3 +269,42 @@ def test_rows_with_no_visible_key_contribute_nothing(mode):
 
 def test_several_tiles_causal_long(mode):
     check_internal(mode, Inputs(layout="BNSD", b=1, n=2, kvn=1, s1=300, s2=300, d=64), sparse_mode=3)
+
+
+# ---- what only the kernel sees ----------------------------------------------------------------------------------
+
+def _run_to_the_end(mode, kwargs):
+    """The internal op's outputs, read back (PyNative reports a kernel's error when its result is awaited)."""
+    return [to_numpy(g) for g in run_internal(mode, ops._flash_attention_score_grad, kwargs)]  # pylint: disable=protected-access
+
+
+def _grad_call(x, ref=None, **overrides):
+    """The internal op's arguments for inputs x (statistics and output from the golden forward, run with `ref`),
+    with some replaced."""
+    out, mx, sm = R.training_attention(x.q, x.k, x.v, head_num=x.n, input_layout=x.layout, scale=0.5, **(ref or {}))
+    kwargs = dict(query=x.tensor(x.q), key=x.tensor(x.k), value=x.tensor(x.v), dy=x.tensor(x.dy), pse=None,
+                  drop_mask=None, attn_mask=None, softmax_max=Tensor(mx), softmax_sum=Tensor(sm),
+                  attention_in=x.tensor(out), prefix=None, actual_seq_qlen=None, actual_seq_kvlen=None,
+                  q_start_idx=None, kv_start_idx=None, seed=Tensor(np.array([0], np.int64)),
+                  offset=Tensor(np.array([0], np.int64)), head_num=x.n, keep_prob=1.0, scale_value=0.5,
+                  pre_tokens=INT_MAX, next_tokens=INT_MAX, input_layout=x.layout, sparse_mode=0, pse_type=1)
+    kwargs.update(overrides)
+    return kwargs
+
+
+@pytest.mark.parametrize("name", ["softmax_max", "softmax_sum"])
+def test_statistics_of_another_shape_are_a_runtime_error(mode, name):
+    x = Inputs(layout="BNSD", s1=16, s2=16, d=8)
+    wrong = Tensor(np.ones((2, 4, 16, 1), np.float32))  # (B, N1, S1, 1), not (B, N1, S1, 8)
+    with pytest.raises(RuntimeError, match=name):
+        _run_to_the_end(mode, _grad_call(x, **{name: wrong}))
+
+
+def test_tnd_lengths_beyond_the_tokens_are_a_runtime_error(mode):
+    seq = (10, 20)
+    x = Inputs(layout="TND", seq_q=seq, seq_kv=seq, d=8)
+    kwargs = _grad_call(x, dict(actual_seq_qlen=seq, actual_seq_kvlen=seq),
+                        actual_seq_qlen=Tensor(np.array([10, 30], np.int64)),  # Tensor values: only the kernel sees them
+                        actual_seq_kvlen=Tensor(np.array([10, 20], np.int64)))
+    with pytest.raises(RuntimeError, match="actual_seq_qlen"):
+        _run_to_the_end(mode, kwargs)

@@ -338,14 +338,51 @@ inline TileKind BandKind(const Problem &p, int64_t b, int64_t i0, int64_t il, in
   return prefix && j0 < band.open_keys[b] ? TileKind::kTerms : TileKind::kBand;
 }
 
-// The gradients of (batch b, KV head kh): dQ of its G heads' rows, dK / dV of its keys, its share of dpse.
-// ptrs: kGradKeys + 2 * R row pointers of scratch.
+// The query positions [*lo, *hi) of batch b that see some key of [j0, jl] (empty when *lo >= *hi).
+inline void VisibleRows(const Problem &p, int64_t b, int64_t j0, int64_t jl, int64_t *lo, int64_t *hi) {
+  const Band &band = p.band;
+  *lo = 0;
+  *hi = p.q_len[b];
+  if (band.enabled() && !(!band.open_keys.empty() && j0 < band.open_keys[b])) {
+    *lo = std::max<int64_t>(0, j0 - band.hi[b]);
+    *hi = std::min<int64_t>(p.q_len[b], jl - band.lo[b] + 1);
+  }
+}
+
+// Key blocks [*first, *last) of split s of batch b's keys, when they are split `splits` ways: contiguous ranges
+// of about equal work (the query rows that see each block, which a causal band makes uneven).
+inline void SplitKeyBlocks(const Problem &p, int64_t b, int64_t splits, int64_t s, int64_t *first, int64_t *last) {
+  const int64_t keys = p.kv_len[b], blocks = (keys + kGradKeys - 1) / kGradKeys;
+  auto cost = [&](int64_t block) {
+    int64_t lo = 0, hi = 0;
+    VisibleRows(p, b, block * kGradKeys, std::min(keys, (block + 1) * kGradKeys) - 1, &lo, &hi);
+    return std::max<int64_t>(1, hi - lo);  // every block has its own fixed costs
+  };
+  int64_t total = 0;
+  for (int64_t k = 0; k < blocks; ++k) total += cost(k);
+  // split s starts at the first block whose preceding work reaches s / splits of the total
+  auto start = [&](int64_t part) {
+    if (part >= splits) return blocks;
+    int64_t done = 0, k = 0;
+    for (; k < blocks && done * splits < total * part; ++k) done += cost(k);
+    return k;
+  };
+  *first = start(s);
+  *last = start(s + 1);
+}
+
+// The gradients of (batch b, KV head kh) from key blocks [kb0, kb1): dK / dV of those keys, their share of dpse,
+// and their share of dQ of the G heads' rows, accumulated (unscaled) in dq_acc (M x D floats) and, when `store`,
+// scaled and written out. ptrs: kGradKeys + 2 * R row pointers of scratch.
 template <class E>
-void GradUnit(const Problem &p, const GradTensors &g, const GradPlan &plan, int64_t b, int64_t kh, GradScratch &sc,
-              const float **ptrs) {
+void GradUnit(const Problem &p, const GradTensors &g, const GradPlan &plan, int64_t b, int64_t kh, int64_t kb0,
+              int64_t kb1, float *dq_acc, bool store, GradScratch &sc, const float **ptrs) {
   const int64_t G = p.G, D = p.D, K = kGradKeys, R = plan.R;
   const int64_t q_len = p.q_len[b], keys = p.kv_len[b], rows = q_len * G;
-  if (q_len == 0 || keys == 0) return;  // the outputs were zeroed
+  if (q_len == 0 || keys == 0) {  // no gradient (the outputs were zeroed)
+    std::fill(dq_acc, dq_acc + rows * D, 0.f);
+    return;
+  }
   const E *query = static_cast<const E *>(p.query), *dy = static_cast<const E *>(g.dy);  // q_rows
   const E *out = static_cast<const E *>(g.out);
   const E *key = static_cast<const E *>(p.kv.key), *value = static_cast<const E *>(p.kv.value);
@@ -361,7 +398,7 @@ void GradUnit(const Problem &p, const GradTensors &g, const GradPlan &plan, int6
     const bool empty = !(l > 0.f) || !(m > -FLT_MAX) || std::isinf(m);  // no visible key: contributes nothing
     sc.m[r] = empty ? 0.f : m;
     sc.inv_l[r] = empty ? 0.f : 1.f / l;
-    float *q = sc.qa + r * D, *g = sc.doa + r * D, *o = sc.dq + r * D;  // dq: scratch until zeroed below
+    float *q = sc.qa + r * D, *g = sc.doa + r * D, *o = dq_acc + r * D;  // o: dq_acc is free until zeroed
     WidenRow(query + q_at(r), D, scale, q);
     WidenRow(dy + q_at(r), D, 1.f, g);
     WidenRow(out + q_at(r), D, 1.f, o);
@@ -369,19 +406,15 @@ void GradUnit(const Problem &p, const GradTensors &g, const GradPlan &plan, int6
     for (int64_t d = 0; d < D; ++d) sum += g[d] * o[d];
     sc.dsum[r] = sum;
   }
-  std::fill(sc.dq, sc.dq + rows * D, 0.f);
+  std::fill(dq_acc, dq_acc + rows * D, 0.f);
 
   const Band &band = p.band;
   const float **kw_rows = ptrs, **qw_rows = ptrs + K, **dow_rows = ptrs + K + R;
   E *dk = static_cast<E *>(g.dk), *dv = static_cast<E *>(g.dv);
-  for (int64_t j0 = 0; j0 < keys; j0 += K) {
+  for (int64_t j0 = kb0 * K; j0 < std::min(keys, kb1 * K); j0 += K) {
     const int64_t nk = std::min(K, keys - j0), jl = j0 + nk - 1;
-    // the query positions that see a key of the block
-    int64_t i_lo = 0, i_hi = q_len;
-    if (band.enabled() && !(!band.open_keys.empty() && j0 < band.open_keys[b])) {
-      i_lo = std::max<int64_t>(0, j0 - band.hi[b]);
-      i_hi = std::min<int64_t>(q_len, jl - band.lo[b] + 1);
-    }
+    int64_t i_lo = 0, i_hi = 0;  // the query positions that see a key of the block
+    VisibleRows(p, b, j0, jl, &i_lo, &i_hi);
     if (i_lo >= i_hi) continue;  // no row sees these keys: their dK, dV stay 0
     for (int64_t t = 0; t < nk; ++t) {
       const int64_t at = p.kv.rows.At(b, kh, p.kv_start[b] + j0 + t);
@@ -425,7 +458,7 @@ void GradUnit(const Problem &p, const GradTensors &g, const GradPlan &plan, int6
       AccumulateProducts(sc.dv, nk, sc.st, R, dow_rows, nr, D, sc.ones);
       AccumulateProducts(sc.dk, nk, sc.dpt, R, qw_rows, nr, D, sc.ones);
       TransposeTile(sc.dpt, R, K, R, sc.ds, K);
-      AccumulateProducts(sc.dq + r0 * D, nr, sc.ds, K, kw_rows, nk, D, sc.ones);
+      AccumulateProducts(dq_acc + r0 * D, nr, sc.ds, K, kw_rows, nk, D, sc.ones);
     }
     for (int64_t t = 0; t < nk; ++t) {
       const int64_t at = p.kv.rows.At(b, kh, p.kv_start[b] + j0 + t);
@@ -433,9 +466,10 @@ void GradUnit(const Problem &p, const GradTensors &g, const GradPlan &plan, int6
       StoreRow(sc.dv + t * D, D, dv + at);
     }
   }
+  if (!store) return;
   E *dq = static_cast<E *>(g.dq);
   for (int64_t r = 0; r < rows; ++r) {
-    float *row = sc.dq + r * D;
+    float *row = dq_acc + r * D;
     for (int64_t d = 0; d < D; ++d) row[d] *= scale;
     StoreRow(row, D, dq + q_at(r));
   }
@@ -466,25 +500,55 @@ void RunGrad(const Problem &p, const GradTensors &g) {
       plan.dpse = dpse_acc.data();
     }
   }
-  // a pse broadcast over the batch is summed over it: one unit per KV head then takes every batch
+  // A pse broadcast over the batch is summed over it: one item per KV head then takes every batch. Otherwise an
+  // item is a (batch, KV head).
   const bool per_head = plan.dpse != nullptr && p.bias.batch == 0 && p.B > 1;
-  const int64_t units = per_head ? p.kvN : p.B * p.kvN;
-
+  const int64_t items = per_head ? p.kvN : p.B * p.kvN;
   ThreadPool &pool = ThreadPool::Instance();
   const int threads = pool.threads();
+  // When the items cannot keep every thread busy, an item's key blocks are split; each split accumulates its own
+  // dQ, summed afterwards. Not for per-head items, nor with a compressed pse's gradient (a row-0 shifted element
+  // is read from keys of several splits).
+  int64_t splits = 1;
+  if (!per_head && items < threads && !(plan.dpse != nullptr && p.bias.compressed_rows > 0)) {
+    int64_t blocks = 0;
+    for (int64_t b = 0; b < p.B; ++b) blocks = std::max(blocks, (p.kv_len[b] + kGradKeys - 1) / kGradKeys);
+    splits = std::max<int64_t>(1, std::min<int64_t>((threads + items - 1) / items, blocks));
+  }
+  const int64_t units = items * splits;
   const int64_t floats = GradScratch::Floats(plan.R, plan.M, D);
   std::vector<float> scratch(threads * floats + 16);
   std::vector<const float *> pointers(threads * (kGradKeys + 2 * plan.R));
+  std::vector<float> partial_dq(splits > 1 ? units * plan.M * D : 0);  // split s of item i at unit i * splits + s
   float *base = reinterpret_cast<float *>((reinterpret_cast<uintptr_t>(scratch.data()) + 63) & ~uintptr_t(63));
   pool.ParallelFor(units, [&](int64_t w, int slot) {
     GradScratch sc(base + slot * floats, plan.R, plan.M, D);
     const float **ptrs = pointers.data() + slot * (kGradKeys + 2 * plan.R);
+    const int64_t item = w / splits, s = w % splits, all = int64_t(1) << 40;
     if (per_head) {
-      for (int64_t b = 0; b < p.B; ++b) GradUnit<E>(p, g, plan, b, w, sc, ptrs);
+      for (int64_t b = 0; b < p.B; ++b) GradUnit<E>(p, g, plan, b, item, 0, all, sc.dq, true, sc, ptrs);
+    } else if (splits == 1) {
+      GradUnit<E>(p, g, plan, item / p.kvN, item % p.kvN, 0, all, sc.dq, true, sc, ptrs);
     } else {
-      GradUnit<E>(p, g, plan, w / p.kvN, w % p.kvN, sc, ptrs);
+      int64_t first = 0, last = 0;
+      SplitKeyBlocks(p, item / p.kvN, splits, s, &first, &last);
+      GradUnit<E>(p, g, plan, item / p.kvN, item % p.kvN, first, last, partial_dq.data() + w * plan.M * D, false,
+                  sc, ptrs);
     }
   });
+  if (splits > 1) {  // every split is done: sum their dQ, scale and store
+    pool.ParallelFor(items, [&](int64_t item, int) {
+      const int64_t b = item / p.kvN, kh = item % p.kvN, rows = p.q_len[b] * G;
+      float *sum = partial_dq.data() + item * splits * plan.M * D;
+      for (int64_t s = 1; s < splits; ++s) simd::ScaleAdd(sum, 1.f, sum + s * plan.M * D, 1.f, rows * D);
+      E *dq = static_cast<E *>(g.dq);
+      for (int64_t r = 0; r < rows; ++r) {
+        float *row = sum + r * D;
+        for (int64_t d = 0; d < D; ++d) row[d] *= p.scale;
+        StoreRow(row, D, dq + p.q_rows.At(b, kh * G + r % G, p.q_start[b] + r / G));
+      }
+    });
+  }
   if (!dpse_acc.empty()) {
     if (g.dpse_dtype == abi::kFloat16) StoreRow(dpse_acc.data(), p.bias.numel, static_cast<Half *>(g.dpse));
     if (g.dpse_dtype == abi::kBfloat16) StoreRow(dpse_acc.data(), p.bias.numel, static_cast<BFloat16 *>(g.dpse));
