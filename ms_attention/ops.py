@@ -25,7 +25,8 @@ def _advance_step_flashattn(input_tokens, sampled_token_ids, input_positions, se
         sampled_token_ids, input_positions, seq_lens, slot_mapping, block_tables)
     kernel = _rt.cached(_base.KernelPrimitive)('advance_step_flashattn', attr_values, (False, False, False, False,
         False, False,))
-    return kernel(input_tokens, sampled_token_ids, input_positions, seq_lens, slot_mapping, block_tables, attrs)
+    kernel(input_tokens, sampled_token_ids, input_positions, seq_lens, slot_mapping, block_tables, attrs)
+    return None
 
 
 
