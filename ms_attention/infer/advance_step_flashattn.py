@@ -4,7 +4,9 @@ Shapes: input_tokens, input_positions, seq_lens, slot_mapping (num_seqs,); sampl
 block_tables (num_seqs, max_blocks_per_seq); every tensor int32 or int64 (each independently). The four state
 tensors are updated in place; block_tables and sampled_token_ids are only read. The values (a seq_lens entry whose
 block lies past the table, a negative table entry, a value that does not fit the destination dtype) are checked
-by the kernel, which fails with a RuntimeError in every mode.
+by the kernel, which fails with a RuntimeError in every mode; in PyNative they are checked on the host first, with
+the same RuntimeError: the functional returns nothing, so an error of the asynchronously launched kernel would
+otherwise surface only at the next read of the state.
 
 The operator returns nothing; the kernel has one placeholder output (an AOT Custom op needs at least one), which
 the generated code drops.
@@ -20,7 +22,9 @@ _OP = opdef.get("advance_step_flashattn")
 PRIM_NAME = _OP.class_name
 INT_TYPES = ("int32", "int64")
 STATE = ("input_tokens", "input_positions", "seq_lens", "slot_mapping")
-VALUE_INPUTS: Tuple[str, ...] = ()
+VALUE_INPUTS = ("sampled_token_ids", "input_tokens", "input_positions", "seq_lens", "slot_mapping",
+                "block_tables")
+INT32_RANGE = (-2 ** 31, 2 ** 31 - 1)
 
 _chk = Checker(PRIM_NAME)
 
@@ -71,4 +75,23 @@ def infer(m: Dict[str, Optional[TensorMeta]], attrs: Dict[str, Any],
 
 def check_values(values: Dict[str, Optional[np.ndarray]], m: Dict[str, Optional[TensorMeta]],
                  attrs: Dict[str, Any]) -> None:
-    """Nothing on the host: the kernel checks the values it reads."""
+    """The kernel's value checks on the host (PyNative), as RuntimeErrors like the kernel's."""
+    num_queries, block_size = attrs["num_queries"], attrs["block_size"]
+    lens, tables = values["seq_lens"], values["block_tables"]
+    max_blocks = tables.shape[1]
+    for q in range(num_queries):
+        pos = int(lens[q])
+        if pos < 0 or pos // block_size >= max_blocks:
+            raise _chk.runtime_error(f"the 'seq_lens' value {pos} of sequence {q} is out of range [0, "
+                                     f"{max_blocks * block_size}) (max_blocks_per_seq {max_blocks} * block_size "
+                                     f"{block_size}).")
+        block = int(tables[q, pos // block_size])
+        if block < 0:
+            raise _chk.runtime_error(f"the 'block_tables' entry {block} of sequence {q} (block {pos // block_size}) "
+                                     f"is out of range.")
+        written = {"input_tokens": int(values["sampled_token_ids"][q, 0]), "input_positions": pos,
+                   "seq_lens": pos + 1, "slot_mapping": block * block_size + pos % block_size}
+        for name, value in written.items():
+            if m[name].dtype == "int32" and not INT32_RANGE[0] <= value <= INT32_RANGE[1]:
+                raise _chk.runtime_error(f"the value {value} written to '{name}' for sequence {q} does not fit its "
+                                         f"dtype int32.")
