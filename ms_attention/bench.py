@@ -14,7 +14,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor
 
-from ms_attention import bench_prefill, machine, ops
+from ms_attention import bench_prefill, bench_sparse, machine, ops
 from ms_attention.kernels.cpu import loader
 
 
@@ -103,4 +103,5 @@ def main(quick=False):
         print(f"{row['shape']:58s} {row['ms']:8.3f} ms  K/V {row['kv_GBps']:6.1f} GB/s  "
               f"= {row['of_read_bw']:.2f} x read bw, {row['of_copy_bw']:.2f} x copy bw", flush=True)
     prefill = bench_prefill.run(fma, quick=quick) if fma else []
-    return {"environment": env, "limits": limits, "results": rows, "prefill": prefill}
+    sparse = bench_sparse.run(limits["read_GBps"], fma, quick=quick)
+    return {"environment": env, "limits": limits, "results": rows, "prefill": prefill, "sparse": sparse}

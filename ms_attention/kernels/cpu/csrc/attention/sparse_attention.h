@@ -57,7 +57,7 @@ struct SparseProblem {
 
 // softmax_max / softmax_sum of a row that sees no key (flash_attention_score's convention); its output is 0
 constexpr float kEmptyRowMax = -FLT_MAX, kEmptyRowSum = FLT_MAX;
-constexpr int64_t kSparseHeadChunk = 16;  // query heads per unit (16 rows take the core's packed tiles)
+constexpr int64_t kSparseHeadChunk = 16;  // head chunks are multiples of 16 (16 rows take the core's packed tiles)
 #if defined(MSA_SIMD)
 constexpr int64_t kSparseTile = detail::kPackKeys;
 #else
@@ -188,13 +188,25 @@ void SparseUnit(const SparseProblem &p, int64_t row, int64_t h2, int64_t h0, int
 
 }  // namespace detail
 
+// Query heads per unit: all G heads of a KV head when there are enough (row, kv head) units for the threads (a
+// gathered key tile then serves every head), else the fewest chunks of a multiple of kSparseHeadChunk heads that
+// give each thread a unit (decode of one sequence: 128 heads on one row).
+inline int64_t SparseHeadsPerUnit(const SparseProblem &p, int64_t threads) {
+  const int64_t units = std::max<int64_t>(1, p.Rows() * p.N2);
+  const int64_t chunks = std::max<int64_t>(1, (threads + units - 1) / units);
+  const int64_t heads = (p.G + chunks - 1) / chunks;
+  return std::min(p.G, (heads + kSparseHeadChunk - 1) / kSparseHeadChunk * kSparseHeadChunk);
+}
+
 // Runs every (query row, kv head, head chunk) unit on the thread pool.
 inline void RunSparse(const SparseProblem &p) {
-  const int64_t chunks = (p.G + kSparseHeadChunk - 1) / kSparseHeadChunk;
+  ThreadPool &pool = ThreadPool::Instance();
+  const int64_t per_unit = SparseHeadsPerUnit(p, pool.threads());
+  const int64_t chunks = (p.G + per_unit - 1) / per_unit;
   const int64_t units = p.Rows() * p.N2 * chunks;
-  ThreadPool::Instance().ParallelFor(units, [&](int64_t u, int) {
+  pool.ParallelFor(units, [&](int64_t u, int) {
     const int64_t chunk = u % chunks, h2 = u / chunks % p.N2, row = u / chunks / p.N2;
-    const int64_t h0 = chunk * kSparseHeadChunk, rows = std::min(kSparseHeadChunk, p.G - h0);
+    const int64_t h0 = chunk * per_unit, rows = std::min(per_unit, p.G - h0);
     if (p.bf16) {
       detail::SparseUnit<BFloat16>(p, row, h2, h0, rows);
     } else {
