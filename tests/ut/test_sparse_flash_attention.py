@@ -20,6 +20,7 @@ CASES = {
     "tnd_paged": dict(layout_query="TND", layout_kv="PA_BSND", q_lens=[2, 4], kv_lens=[90, 41], dtype="bfloat16", s1=4),
     "bsnd_paged": dict(layout_kv="PA_BSND", kv_lens=[96, 17], block_size=16, sparse_block_size=16, n1=32, k=4),
     "bsnd_paged_lengths_tuple": dict(layout_kv="PA_BSND", kv_lens=[64, 80], lengths_as="tuple", s1=1),
+    "decode_128_heads": dict(b=1, s1=1, n1=128, k=16, dtype="bfloat16"),
 }
 
 
