@@ -3,6 +3,8 @@ so they keep to MindSpore's graph syntax; whatever needs plain Python runs in `c
 mode evaluates at compile time on constant arguments."""
 import numpy as np
 from mindspore import Tensor, context
+from mindspore.common import dtype as mstype
+from mindspore.common.generator import default_generator
 from mindspore.ops import constexpr
 from mindspore.ops._primitive_cache import _get_cache_prim
 
@@ -63,3 +65,26 @@ def int_tensor(x):
     if isinstance(x, (list, tuple)):
         return _int_sequence_tensor(x)
     return x
+
+
+# The step MindSpore's own dropout functionals advance the default generator by (nn_func.generator_step_).
+_GENERATOR_STEP = Tensor(12, mstype.int64)
+_NO_SEED = Tensor(np.zeros((1,), np.int64))
+
+
+@constexpr
+def _draws_seed(keep_prob, explicit_mask):
+    """Dropout draws from the generator when it is on (a float keep_prob below 1; an invalid one is rejected by
+    the op's checks) and no explicit mask replaces it."""
+    is_float = isinstance(keep_prob, (int, float)) and not isinstance(keep_prob, bool)
+    return bool(is_float and keep_prob < 1.0 and not explicit_mask)
+
+
+def dropout_seed_offset(keep_prob, explicit_mask):
+    """(seed, offset) int64 tensors for a dropout kernel: drawn from MindSpore's default generator as its own
+    dropout functionals do (so `ms.set_seed` makes a run reproducible, and each call draws a new mask), or zeros
+    when the kernel needs none."""
+    if _draws_seed(keep_prob, explicit_mask):
+        seed, offset = default_generator._step(_GENERATOR_STEP)  # pylint: disable=protected-access
+        return seed, offset
+    return _NO_SEED, _NO_SEED

@@ -47,7 +47,7 @@ def _doc(text: str, indent: str) -> str:
 def _kernel_input(arg: opdef.ArgDef) -> str:
     """How the CPU path hands one tensor input to the kernel (absent optional inputs as empty tensors)."""
     if arg.generated:
-        return "_rt.EMPTY"
+        return arg.name
     if arg.is_int_sequence:
         return f"_rt.int_tensor({arg.name})"
     if arg.has_default:
@@ -74,15 +74,28 @@ def _check_call(op: opdef.OpDef, normalise_lists: bool = False) -> str:
     return f"_{op.name}_check({attrs}, {inputs})"
 
 
+def _generated_inputs(op: opdef.OpDef, indent: str) -> List[str]:
+    """The inputs the CPU path makes itself. The only kind so far: the dropout generator state (seed, offset),
+    drawn from MindSpore's default generator when dropout is on and no explicit mask replaces it."""
+    generated = [a.name for a in op.tensor_inputs if a.generated]
+    if not generated:
+        return []
+    if generated != ["seed", "offset"]:
+        raise ValueError(f"{op.name}: codegen knows only the generated inputs (seed, offset), not {generated}")
+    names = {a.name for a in op.args}
+    explicit = "drop_mask is not None" if "drop_mask" in names else "False"
+    return [_wrap(f"seed, offset = _rt.dropout_seed_offset(keep_prob, {explicit})", indent)]
+
+
 def _cpu_path(op: opdef.OpDef) -> str:
     """_<op>(...): every argument in the primitive's order; validation, then the kernel. All outputs."""
     params = ", ".join(a.name for a in op.args if not a.generated)
-    absent = _tuple([f"{a.name} is None" if a.has_default else ("True" if a.generated else "False")
-                     for a in op.tensor_inputs])
+    absent = _tuple([f"{a.name} is None" if a.has_default else "False" for a in op.tensor_inputs])
     inputs = ", ".join([_kernel_input(a) for a in op.tensor_inputs] + ["attrs"])
     lines = [_wrap(f"def _{op.name}({params}):", ""),
              f'    """CPU path of {op.function_name}: arguments in the primitive\'s order, every output."""']
     lines += _normalise_lists(op, "    ")
+    lines += _generated_inputs(op, "    ")
     lines += [_wrap(f"attr_values, attrs = {_check_call(op)}", "    "),
               _wrap(f"kernel = _rt.cached(_base.KernelPrimitive)({op.name!r}, attr_values, {absent})", "    "),
               _wrap(f"return kernel({inputs})", "    ")]
@@ -137,6 +150,11 @@ def _function(op: opdef.OpDef) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _internal(op: opdef.OpDef) -> str:
+    """An internal operator: its validator and CPU path only (called by a bprop, never by users)."""
+    return f"_{op.name}_check = _base.Validator({op.name!r})\n\n\n" + _cpu_path(op)
+
+
 def render_ops() -> str:
     ops = opdef.load_all().values()
     names = ", ".join(repr(op.function_name) for op in ops)
@@ -151,6 +169,8 @@ def render_ops() -> str:
              _wrap(f"__all__ = [{names}]", ""), "\n"]
     for op in ops:
         parts.append("\n\n" + _function(op))
+    for op in opdef.load_internal().values():
+        parts.append("\n\n" + _internal(op))
     return "".join(parts)
 
 
@@ -242,7 +262,7 @@ def render_kernel_abi() -> str:
     names = ", ".join(f'"{n}"' for n in dtypes)
     parts.append(f"// AOT dtype names, indexed by DTypeCode\nconstexpr const char *kDTypeNames[] = {{{names}}};\n"
                  f"constexpr int kNumDTypes = {len(dtypes)};\n")
-    for op in opdef.load_all().values():
+    for op in opdef.load_every().values():
         inputs = [_camel(a.name) for a in op.tensor_inputs] + ["kAttrs"]
         outputs = [_camel(r) for r in op.returns]
         attrs = [_camel(a.name) for a in op.attributes]

@@ -4,6 +4,10 @@ Each ``ops_yaml/<op>_op.yaml`` uses MindSpore's op_def dialect. ``args`` lists t
 MindSpore's order: call inputs, then the ``prim_init`` attributes in ``__init__`` order. ``function.signature``
 gives the functional's order; an entry ``a=b`` names the functional keyword ``a`` for the primitive argument
 ``b`` (FIA's ``atten_mask=attn_mask``). ``generated: True`` marks an input the functional makes itself.
+
+``ops_yaml/internal/`` holds operators users never call (the backward of the training operators): the same
+dialect with an inline ``description`` instead of a doc file. They get a CPU path and a kernel ABI entry, but no
+functional, primitive class or install() entry.
 """
 import ast
 import dataclasses
@@ -70,6 +74,7 @@ class OpDef:
     doc: str
     labels: Tuple[Tuple[str, Any], ...] = ()
     limits: Tuple[Tuple[str, int], ...] = ()   # documented size limits, checked in Python and in the kernel
+    internal: bool = False                     # ops_yaml/internal/: no public functional or primitive
 
     def limit(self, name: str) -> int:
         return dict(self.limits)[name]
@@ -131,7 +136,7 @@ def _load_doc(name: str) -> str:
         return yaml.safe_load(f)[name]["description"]
 
 
-def _parse_op(name: str, spec: Dict[str, Any], doc: Optional[str] = None) -> OpDef:
+def _parse_op(name: str, spec: Dict[str, Any], doc: Optional[str] = None, internal: bool = False) -> OpDef:
     args = tuple(_parse_arg(n, s) for n, s in spec["args"].items())
     by_name = {a.name: a for a in args}
     function = spec["function"]
@@ -152,9 +157,10 @@ def _parse_op(name: str, spec: Dict[str, Any], doc: Optional[str] = None) -> OpD
         ascend_primitive=(spec.get("dispatch") or {}).get("Ascend"),
         source=spec.get("source", "mindspore"),
         torch_npu_name=spec.get("torch_npu_name"),
-        doc=_load_doc(name) if doc is None else doc,
+        doc=(spec.get("description", "") if internal else _load_doc(name)) if doc is None else doc,
         labels=tuple(sorted((spec.get("labels") or {}).items())),
         limits=tuple((spec.get("limits") or {}).items()),
+        internal=internal,
     )
 
 
@@ -163,17 +169,33 @@ def parse(name: str, spec: Dict[str, Any], doc: str = "") -> OpDef:
     return _parse_op(name, spec, doc)
 
 
-@functools.lru_cache(maxsize=None)
-def load_all() -> Dict[str, OpDef]:
+def _load_folder(folder: str, internal: bool) -> Dict[str, OpDef]:
     ops: Dict[str, OpDef] = {}
-    folder = yaml_dir()
     for file_name in sorted(os.listdir(folder)):
         if not file_name.endswith("_op.yaml"):
             continue
         with open(os.path.join(folder, file_name), encoding="utf-8") as f:
             for name, spec in yaml.safe_load(f).items():
-                ops[name] = _parse_op(name, spec)
+                ops[name] = _parse_op(name, spec, internal=internal)
     return ops
+
+
+@functools.lru_cache(maxsize=None)
+def load_all() -> Dict[str, OpDef]:
+    """The public operators (ops_yaml/*_op.yaml)."""
+    return _load_folder(yaml_dir(), internal=False)
+
+
+@functools.lru_cache(maxsize=None)
+def load_internal() -> Dict[str, OpDef]:
+    """The internal operators (ops_yaml/internal/*_op.yaml): backward kernels the bprops call."""
+    folder = os.path.join(yaml_dir(), "internal")
+    return _load_folder(folder, internal=True) if os.path.isdir(folder) else {}
+
+
+def load_every() -> Dict[str, OpDef]:
+    """Public and internal operators: everything that has a kernel."""
+    return {**load_all(), **load_internal()}
 
 
 @functools.lru_cache(maxsize=None)
@@ -188,7 +210,7 @@ def enum(name: str) -> Dict[str, int]:
 
 
 def get(name: str) -> OpDef:
-    return load_all()[name]
+    return load_every()[name]
 
 
 def names() -> List[str]:

@@ -62,15 +62,16 @@ def _flash_attention_score(query, key, value, real_shift, drop_mask, padding_mas
     actual_seq_qlen, actual_seq_kvlen, head_num, keep_prob, scale_value, pre_tokens, next_tokens, inner_precise,
     input_layout, sparse_mode):
     """CPU path of flash_attention_score: arguments in the primitive's order, every output."""
+    seed, offset = _rt.dropout_seed_offset(keep_prob, drop_mask is not None)
     attr_values, attrs = _flash_attention_score_check((head_num, keep_prob, scale_value, pre_tokens, next_tokens,
         inner_precise, input_layout, sparse_mode,), query, key, value, real_shift, drop_mask, padding_mask,
         attn_mask, prefix, actual_seq_qlen, actual_seq_kvlen)
     kernel = _rt.cached(_base.KernelPrimitive)('flash_attention_score', attr_values, (False, False, False,
         real_shift is None, drop_mask is None, padding_mask is None, attn_mask is None, prefix is None,
-        actual_seq_qlen is None, actual_seq_kvlen is None,))
+        actual_seq_qlen is None, actual_seq_kvlen is None, False, False,))
     return kernel(query, key, value, _rt.or_empty(real_shift), _rt.or_empty(drop_mask), _rt.or_empty(padding_mask),
         _rt.or_empty(attn_mask), _rt.int_tensor(prefix), _rt.int_tensor(actual_seq_qlen),
-        _rt.int_tensor(actual_seq_kvlen), attrs)
+        _rt.int_tensor(actual_seq_kvlen), seed, offset, attrs)
 
 
 def _flash_attention_score_ascend(query, key, value, real_shift, drop_mask, padding_mask, attn_mask, prefix,
@@ -1083,13 +1084,14 @@ def _speed_fusion_attention(query, key, value, head_num, input_layout, pse, padd
     keep_prob, pre_tokens, next_tokens, inner_precise, prefix, actual_seq_qlen, actual_seq_kvlen, sparse_mode,
     gen_mask_parallel, sync, pse_type, q_start_idx, kv_start_idx):
     """CPU path of speed_fusion_attention: arguments in the primitive's order, every output."""
+    seed, offset = _rt.dropout_seed_offset(keep_prob, False)
     attr_values, attrs = _speed_fusion_attention_check((head_num, input_layout, scale, keep_prob, pre_tokens,
         next_tokens, inner_precise, sparse_mode, gen_mask_parallel, sync, pse_type,), query, key, value, pse,
         padding_mask, atten_mask, prefix, actual_seq_qlen, actual_seq_kvlen, q_start_idx, kv_start_idx)
-    kernel = _rt.cached(_base.KernelPrimitive)('speed_fusion_attention', attr_values, (False, False, False, True,
-        True, pse is None, padding_mask is None, atten_mask is None, prefix is None, actual_seq_qlen is None,
+    kernel = _rt.cached(_base.KernelPrimitive)('speed_fusion_attention', attr_values, (False, False, False, False,
+        False, pse is None, padding_mask is None, atten_mask is None, prefix is None, actual_seq_qlen is None,
         actual_seq_kvlen is None, q_start_idx is None, kv_start_idx is None,))
-    return kernel(query, key, value, _rt.EMPTY, _rt.EMPTY, _rt.or_empty(pse), _rt.or_empty(padding_mask),
+    return kernel(query, key, value, seed, offset, _rt.or_empty(pse), _rt.or_empty(padding_mask),
         _rt.or_empty(atten_mask), _rt.int_tensor(prefix), _rt.int_tensor(actual_seq_qlen),
         _rt.int_tensor(actual_seq_kvlen), _rt.int_tensor(q_start_idx), _rt.int_tensor(kv_start_idx), attrs)
 
@@ -1139,3 +1141,24 @@ def speed_fusion_attention(query, key, value, head_num, input_layout, *, pse=Non
     return _speed_fusion_attention(query, key, value, head_num, input_layout, pse, padding_mask, atten_mask, scale,
         keep_prob, pre_tokens, next_tokens, inner_precise, prefix, actual_seq_qlen, actual_seq_kvlen, sparse_mode,
         gen_mask_parallel, sync, pse_type, q_start_idx, kv_start_idx)
+
+
+_flash_attention_score_grad_check = _base.Validator('flash_attention_score_grad')
+
+
+def _flash_attention_score_grad(query, key, value, dy, pse, drop_mask, attn_mask, softmax_max, softmax_sum,
+    attention_in, prefix, actual_seq_qlen, actual_seq_kvlen, q_start_idx, kv_start_idx, seed, offset, head_num,
+    keep_prob, scale_value, pre_tokens, next_tokens, input_layout, sparse_mode, pse_type):
+    """CPU path of flash_attention_score_grad: arguments in the primitive's order, every output."""
+    attr_values, attrs = _flash_attention_score_grad_check((head_num, keep_prob, scale_value, pre_tokens,
+        next_tokens, input_layout, sparse_mode, pse_type,), query, key, value, dy, pse, drop_mask, attn_mask,
+        softmax_max, softmax_sum, attention_in, prefix, actual_seq_qlen, actual_seq_kvlen, q_start_idx,
+        kv_start_idx, seed, offset)
+    kernel = _rt.cached(_base.KernelPrimitive)('flash_attention_score_grad', attr_values, (False, False, False,
+        False, pse is None, drop_mask is None, attn_mask is None, False, False, False, prefix is None,
+        actual_seq_qlen is None, actual_seq_kvlen is None, q_start_idx is None, kv_start_idx is None, False,
+        False,))
+    return kernel(query, key, value, dy, _rt.or_empty(pse), _rt.or_empty(drop_mask), _rt.or_empty(attn_mask),
+        softmax_max, softmax_sum, attention_in, _rt.int_tensor(prefix), _rt.int_tensor(actual_seq_qlen),
+        _rt.int_tensor(actual_seq_kvlen), _rt.int_tensor(q_start_idx), _rt.int_tensor(kv_start_idx), seed, offset,
+        attrs)

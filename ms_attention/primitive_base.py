@@ -11,7 +11,8 @@
   MindSpore calls at compile time and again at run time with the real shapes (this is what makes dynamic shapes
   work); output dtypes come from the op's `output_dtypes`. InferShape reads the normalised attributes (output
   shapes may depend on them) from the reg_info int vector `msa_int_attrs`. Several outputs, outputs updated in place
-  (`side_effect_mem` label) and a bprop hook (`bprop` in the infer module) are declared here from the YAML.
+  (`side_effect_mem` label) and a bprop hook (`bprop(attrs, absent)` in the infer module: the normalised
+  attributes and, per tensor input name, whether it is absent) are declared here from the YAML.
 """
 import functools
 from typing import Any, Dict, Optional, Tuple
@@ -235,7 +236,7 @@ class KernelPrimitive(ops.Custom):
             self._attrs = module.check_attrs(**dict(zip((a.name for a in op.attributes), attr_values)))
         self._absent = dict(zip((a.name for a in op.tensor_inputs), absent))
         library_path = library_path or loader.library().path
-        bprop = self._module.bprop(self._attrs) if hasattr(self._module, "bprop") else None
+        bprop = self._module.bprop(self._attrs, self._absent) if hasattr(self._module, "bprop") else None
         super().__init__(f"{library_path}:{op.class_name}", out_shape=None, out_dtype=self._out_dtype,
                          func_type="aot", bprop=bprop,
                          reg_info=_reg_info(op, int_attributes(op, self._attrs)))

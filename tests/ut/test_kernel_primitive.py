@@ -43,7 +43,8 @@ class ToyInfer:
         return (dtypes["x"], "float32")
 
     @staticmethod
-    def bprop(attrs):
+    def bprop(attrs, absent):
+        assert absent == {"x": False, "state": False}
         scale = attrs["scale"]
 
         def toy_bprop(x, state, vector, out, dout):

@@ -41,7 +41,7 @@ def cpu_flags() -> Set[str]:
 
 def _open(path: str, variant: str, isa: Tuple[str, ...]) -> Library:
     handle = ctypes.CDLL(path)
-    kernels = tuple(op.name for op in opdef.load_all().values()
+    kernels = tuple(op.name for op in opdef.load_every().values()
                     if hasattr(handle, op.class_name) and hasattr(handle, op.class_name + "InferShape"))
     return Library(path, variant, isa, kernels, handle)
 

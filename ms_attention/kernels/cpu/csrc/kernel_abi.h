@@ -90,8 +90,10 @@ enum : int {
   kPrefix = 7,
   kActualSeqQlen = 8,
   kActualSeqKvlen = 9,
-  kAttrs = 10,
-  kCount = 11
+  kSeed = 10,
+  kOffset = 11,
+  kAttrs = 12,
+  kCount = 13
 };
 }  // namespace in
 namespace out {
@@ -449,6 +451,58 @@ constexpr int kNumParams = in::kCount + out::kCount;  // inputs (attribute vecto
 constexpr int kPresenceOffset = attr::kCount;  // presence flags of in::0 .. in::kAttrs - 1
 constexpr int kAttrVectorSize = attr::kCount + in::kAttrs;
 }  // namespace speed_fusion_attention
+
+namespace flash_attention_score_grad {
+constexpr const char *kPrimName = "FlashAttentionScoreGrad";
+namespace in {
+enum : int {
+  kQuery = 0,
+  kKey = 1,
+  kValue = 2,
+  kDy = 3,
+  kPse = 4,
+  kDropMask = 5,
+  kAttnMask = 6,
+  kSoftmaxMax = 7,
+  kSoftmaxSum = 8,
+  kAttentionIn = 9,
+  kPrefix = 10,
+  kActualSeqQlen = 11,
+  kActualSeqKvlen = 12,
+  kQStartIdx = 13,
+  kKvStartIdx = 14,
+  kSeed = 15,
+  kOffset = 16,
+  kAttrs = 17,
+  kCount = 18
+};
+}  // namespace in
+namespace out {
+enum : int {
+  kDq = 0,
+  kDk = 1,
+  kDv = 2,
+  kDpse = 3,
+  kCount = 4
+};
+}  // namespace out
+namespace attr {
+enum : int {
+  kHeadNum = 0,
+  kKeepProb = 1,
+  kScaleValue = 2,
+  kPreTokens = 3,
+  kNextTokens = 4,
+  kInputLayout = 5,
+  kSparseMode = 6,
+  kPseType = 7,
+  kCount = 8
+};
+}  // namespace attr
+constexpr int kNumParams = in::kCount + out::kCount;  // inputs (attribute vector included), outputs
+constexpr int kPresenceOffset = attr::kCount;  // presence flags of in::0 .. in::kAttrs - 1
+constexpr int kAttrVectorSize = attr::kCount + in::kAttrs;
+}  // namespace flash_attention_score_grad
 
 }  // namespace abi
 }  // namespace msa
