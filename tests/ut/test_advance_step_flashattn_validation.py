@@ -108,3 +108,22 @@ def test_unused_table_entries_and_padded_rows_are_not_read(mode):
     kwargs["seq_lens"][3] = 10 ** 6
     kwargs["block_tables"][0, 1] = -1
     assert run(mode, kwargs).tolist() == [2, 6, 18, 10 ** 6]
+
+
+@pytest.mark.parametrize("name,change", [
+    ("tokens_length", dict(input_tokens=np.zeros(NUM_SEQS + 1, np.int64))),
+    ("sampled_rows", dict(sampled_token_ids=np.zeros((NUM_QUERIES + 1, 1), np.int64))),
+    ("table_rows", dict(block_tables=np.zeros((NUM_SEQS - 1, MAX_BLOCKS), np.int32))),
+])
+def test_kernel_rejects_shapes_unknown_at_compile_time(name, change):
+    """With dynamic shapes nothing is wrong at compile time: the kernel checks the real shapes."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    try:
+        kwargs = dict(base(), **change)
+        net = _Net({n: kwargs[n] for n in ("num_seqs", "num_queries", "block_size")})
+        tensors = [Tensor(kwargs[n]) for n in INPUTS]
+        net.set_inputs(*(Tensor(shape=[None] * x.ndim, dtype=x.dtype) for x in tensors))
+        with pytest.raises(RuntimeError, match="AdvanceStepFlashattn.*shape"):
+            net(*tensors).asnumpy()
+    finally:
+        ms.set_context(mode=ms.PYNATIVE_MODE)

@@ -4,6 +4,7 @@ Values only a run shows (sparse_indices, Tensor lengths, block table entries) fa
 RuntimeError, never with a read outside a buffer."""
 import numpy as np
 import pytest
+import mindspore as ms
 from mindspore import Tensor
 
 from fused_cases import run, t
@@ -183,3 +184,38 @@ def test_unused_table_entries_may_be_minus_one(mode):
     kwargs["actual_seq_lengths_kv"] = Tensor(np.array([32, 16], np.int32))
     out, _, _ = run(mode, ops.sparse_flash_attention, kwargs)
     assert np.isfinite(out.asnumpy()).all()
+
+
+class _DynamicNet(ms.nn.Cell):
+    def construct(self, q, k, v, idx, qr, kr):
+        return ops.sparse_flash_attention(q, k, v, idx, 0.04, query_rope=qr, key_rope=kr, sparse_block_size=4,
+                                          attention_mode=2)
+
+
+KERNEL_SHAPE_CASES = [
+    ("indices_rows", dict(sparse_indices=Tensor(np.zeros((B, S1 + 1, 1, K), np.int32))), ["sparse_indices"]),
+    ("value_shape", dict(value=t((B, S2 - 1, 1, 512))), ["key", "value"]),
+    ("head_dim", dict(query=t((B, S1, N1, 256))), ["512", "256"]),
+    ("query_heads", dict(query=t((B, S1, 3, 512)), query_rope=t((B, S1, 3, 64))), ["query heads", "3"]),
+    ("key_batch", dict(key=t((1, S2, 1, 512)), value=t((1, S2, 1, 512)), key_rope=t((1, S2, 1, 64))), ["batch"]),
+    ("rope_shape", dict(key_rope=t((B, S2, 1, 32))), ["key_rope"]),
+]
+
+
+@pytest.mark.parametrize("name,change,fragments", KERNEL_SHAPE_CASES, ids=[c[0] for c in KERNEL_SHAPE_CASES])
+def test_kernel_rejects_shapes_unknown_at_compile_time(name, change, fragments):
+    """With every dim dynamic, Python sees nothing wrong at compile time: the kernel checks the real shapes."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    try:
+        net = _DynamicNet()
+        dyn = lambda dtype: Tensor(shape=[None] * 4, dtype=dtype)  # noqa: E731
+        net.set_inputs(dyn(ms.float16), dyn(ms.float16), dyn(ms.float16), dyn(ms.int32), dyn(ms.float16),
+                       dyn(ms.float16))
+        kwargs = dict(base(), **change)
+        with pytest.raises(RuntimeError) as info:
+            net(*(kwargs[n] for n in ("query", "key", "value", "sparse_indices", "query_rope",
+                                      "key_rope")))[0].asnumpy()
+        for fragment in ["SparseFlashAttention"] + fragments:
+            assert fragment in str(info.value), str(info.value)
+    finally:
+        ms.set_context(mode=ms.PYNATIVE_MODE)
