@@ -22,8 +22,7 @@ _OP = opdef.get("advance_step_flashattn")
 PRIM_NAME = _OP.class_name
 INT_TYPES = ("int32", "int64")
 STATE = ("input_tokens", "input_positions", "seq_lens", "slot_mapping")
-VALUE_INPUTS = ("sampled_token_ids", "input_tokens", "input_positions", "seq_lens", "slot_mapping",
-                "block_tables")
+VALUE_INPUTS = ("sampled_token_ids", "seq_lens", "block_tables")
 INT32_RANGE = (-2 ** 31, 2 ** 31 - 1)
 
 _chk = Checker(PRIM_NAME)
