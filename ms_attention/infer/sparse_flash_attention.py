@@ -97,8 +97,9 @@ def _rank(name: str, t: TensorMeta, ndim: int, axes: str) -> bool:
 
 
 def _head_dim(name: str, t: TensorMeta, want: int) -> None:
-    if t.rank_known and not same(t.shape[-1], want):
-        raise _chk.value_error(f"the head dim (last axis) of '{name}' must be {want}, but got {t.shape[-1]} "
+    if t.rank_known and (t.ndim == 0 or not same(t.shape[-1], want)):
+        got = t.shape[-1] if t.ndim else "no axis"
+        raise _chk.value_error(f"the head dim (last axis) of '{name}' must be {want}, but got {got} "
                                f"(shape {t.shape}).")
 
 

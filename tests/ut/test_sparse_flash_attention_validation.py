@@ -83,6 +83,7 @@ CASES = [
     ("key_head_dim", lambda k: k.update(key=t((B, S2, 1, 576)), value=t((B, S2, 1, 576))), ValueError,
      ["key", "512", "576"]),
     ("rope_dim", lambda k: k.update(query_rope=t((B, S1, N1, 32))), ValueError, ["query_rope", "64", "32"]),
+    ("rope_scalar", lambda k: k.update(key_rope=t(())), ValueError, ["key_rope", "64", "no axis"]),
     ("rope_alone", lambda k: k.update(key_rope=None, attention_mode=0), ValueError, ["query_rope", "key_rope"]),
     ("mla_without_rope", lambda k: k.update(key_rope=None, query_rope=None), ValueError,
      ["attention_mode", "query_rope"]),
