@@ -220,3 +220,35 @@ def test_kernel_rejects_shapes_unknown_at_compile_time(name, change, fragments):
             assert fragment in str(info.value), str(info.value)
     finally:
         ms.set_context(mode=ms.PYNATIVE_MODE)
+
+
+class _UnknownRankNet(ms.nn.Cell):
+    def construct(self, q, k, v, idx, qr, kr):
+        return ops.sparse_flash_attention(q, k, v, idx, 0.04, query_rope=qr, key_rope=kr, sparse_block_size=4,
+                                          attention_mode=2, return_softmax_lse=True)
+
+
+UNKNOWN_RANK_CASES = [
+    ("no_kv_head", dict(key=t((B, S2, 0, 512)), value=t((B, S2, 0, 512)), key_rope=t((B, S2, 0, 64))),
+     ["key", "1 head"]),
+    ("query_rank", dict(query=t((B, N1, 512)), query_rope=t((B, N1, 64))), ["query", "4-D"]),
+    ("key_scalar", dict(key=t(()), value=t(())), ["key", "4-D"]),
+]
+
+
+@pytest.mark.parametrize("name,change,fragments", UNKNOWN_RANK_CASES, ids=[c[0] for c in UNKNOWN_RANK_CASES])
+def test_kernel_rejects_ranks_unknown_at_compile_time(name, change, fragments):
+    """Unknown ranks and the statistics on: the run-time InferShape must still give the statistics a shape (not
+    fail MindSpore's resize) so that the kernel reports the malformed input."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    try:
+        net = _UnknownRankNet()
+        kwargs = dict(base(), **change)
+        tensors = [kwargs[n] for n in ("query", "key", "value", "sparse_indices", "query_rope", "key_rope")]
+        net.set_inputs(*(Tensor(shape=None, dtype=x.dtype) for x in tensors))
+        with pytest.raises(RuntimeError) as info:
+            net(*tensors)[0].asnumpy()
+        for fragment in ["SparseFlashAttention"] + fragments:
+            assert fragment in str(info.value), str(info.value)
+    finally:
+        ms.set_context(mode=ms.PYNATIVE_MODE)

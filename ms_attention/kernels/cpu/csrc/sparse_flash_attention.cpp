@@ -268,7 +268,9 @@ extern "C" int SparseFlashAttention(int nparam, void **params, int *ndims, int64
 }
 
 // attention_out: the query's shape; softmax_max / softmax_sum: (B, N2, S1, N1 / N2) for a BSND query, (N2, T1,
-// N1 / N2) for TND, (1,) when return_softmax_lse is False. Unknown dims and rank pass through.
+// N1 / N2) for TND, (1,) when return_softmax_lse is False. Unknown dims and rank pass through. At run time every
+// shape is known: a malformed query or key (wrong rank, no KV head) still gives concrete (empty) statistics, so
+// MindSpore can allocate them and the kernel reports what is wrong, instead of an opaque resize failure.
 extern "C" std::vector<std::vector<int64_t>> SparseFlashAttentionInferShape(int *ndims, int64_t **shapes,
                                                                             mindspore::AotExtra *extra) {
   namespace op = msa::abi::sparse_flash_attention;
@@ -280,11 +282,13 @@ extern "C" std::vector<std::vector<int64_t>> SparseFlashAttentionInferShape(int 
   }
   if (attrs[op::attr::kReturnSoftmaxLse] == 0) return {query, {1}, {1}};
   const bool tnd = attrs[op::attr::kLayoutQuery] == msa::abi::kTnd;
-  const bool q_known = msa::RankKnown(query) && query.size() == (tnd ? 3u : 4u);
-  const int64_t n1 = q_known ? query[query.size() - 2] : -1;
-  const int64_t n2 = msa::RankKnown(key) && key.size() >= 2 ? key[key.size() - 2] : -1;
-  const int64_t g = n1 >= 0 && n2 > 0 ? n1 / n2 : -1;
-  if (tnd) return {query, {n2, q_known ? query[0] : -1, g}, {n2, q_known ? query[0] : -1, g}};
-  const int64_t b = q_known ? query[0] : -1, s1 = q_known ? query[1] : -1;
-  return {query, {b, n2, s1, g}, {b, n2, s1, g}};
+  const bool q_rank = msa::RankKnown(query);
+  const bool q_ok = q_rank && query.size() == (tnd ? 3u : 4u);
+  // a query dim: unknown (-1) when the rank is, 0 when the rank is wrong
+  auto q_dim = [&](size_t i) -> int64_t { return q_ok ? query[i] : (q_rank ? 0 : -1); };
+  const int64_t n1 = q_ok ? query[query.size() - 2] : q_dim(0);
+  const int64_t n2 = !msa::RankKnown(key) ? -1 : (key.size() >= 2 ? key[key.size() - 2] : 0);
+  const int64_t g = n1 < 0 || n2 < 0 ? -1 : (n2 == 0 ? 0 : n1 / n2);
+  if (tnd) return {query, {n2, q_dim(0), g}, {n2, q_dim(0), g}};
+  return {query, {q_dim(0), n2, q_dim(1), g}, {q_dim(0), n2, q_dim(1), g}};
 }
