@@ -24,6 +24,7 @@ INT_TYPES = ("int32", "int64")
 STATE = ("input_tokens", "input_positions", "seq_lens", "slot_mapping")
 VALUE_INPUTS = ("sampled_token_ids", "seq_lens", "block_tables")
 INT32_RANGE = (-2 ** 31, 2 ** 31 - 1)
+INT64_MAX = 2 ** 63 - 1
 
 _chk = Checker(PRIM_NAME)
 
@@ -85,7 +86,7 @@ def check_values(values: Dict[str, Optional[np.ndarray]], m: Dict[str, Optional[
                                      f"{max_blocks * block_size}) (max_blocks_per_seq {max_blocks} * block_size "
                                      f"{block_size}).")
         block = int(tables[q, pos // block_size])
-        if block < 0:
+        if block < 0 or block > INT64_MAX // block_size - 1:  # the kernel's bound: the slot must fit int64
             raise _chk.runtime_error(f"the 'block_tables' entry {block} of sequence {q} (block {pos // block_size}) "
                                      f"is out of range.")
         written = {"input_tokens": int(values["sampled_token_ids"][q, 0]), "input_positions": pos,

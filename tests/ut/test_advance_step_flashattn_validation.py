@@ -77,6 +77,8 @@ CASES = [
     ("seq_len_negative", lambda k: k["seq_lens"].__setitem__(0, -3), RuntimeError, ["seq_lens", "-3"]),
     ("table_entry_negative", lambda k: k["block_tables"].__setitem__((2, 1), -1), RuntimeError,
      ["block_tables", "-1"]),
+    ("slot_overflows_int64", lambda k: k.update(block_tables=np.full((NUM_SEQS, MAX_BLOCKS), 2 ** 62, np.int64)),
+     RuntimeError, ["block_tables", str(2 ** 62)]),
     ("slot_overflows_int32", lambda k: (k.update(slot_mapping=np.zeros(NUM_SEQS, np.int32)),
                                         k["block_tables"].__setitem__((0, 0), 2 ** 30)), RuntimeError,
      ["slot_mapping", "int32"]),
