@@ -1,5 +1,5 @@
-"""numpy golden of advance_step_flashattn (SPEC.md §8): returns updated copies of the four state arrays
-(input_tokens, input_positions, seq_lens, slot_mapping); the inputs are left as they are."""
+"""numpy golden of advance_step_flashattn (docs/advance_step_flashattn.md): returns updated copies of the four
+state arrays (input_tokens, input_positions, seq_lens, slot_mapping); the inputs are left as they are."""
 import numpy as np
 
 

@@ -1,4 +1,4 @@
-// advance_step_flashattn on CPU: vLLM's decode-step bookkeeping, in place (SPEC.md §8).
+// advance_step_flashattn on CPU: vLLM's decode-step bookkeeping, in place (docs/advance_step_flashattn.md).
 //
 // AOT parameters (kernel_abi.h, abi::advance_step_flashattn): input_tokens, sampled_token_ids, input_positions,
 // seq_lens, slot_mapping, block_tables (each int32 or int64), the float64 attribute vector, then one placeholder
