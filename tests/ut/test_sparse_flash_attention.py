@@ -35,19 +35,19 @@ def test_statistics_off_are_one_zero(mode):
     assert softmax_max[0] == 0 and softmax_sum[0] == 0
 
 
-def test_empty_selection_and_rows_past_the_query_length_are_zero():
+def test_empty_selection_and_rows_past_the_query_length_are_zero(mode):
     case = Case(q_lens=[1, 3], sparse_mode=0)
     idx = case.np["sparse_indices"].copy()
     idx[1, 2] = -1                        # batch 1, row 2: nothing selected
     case.np["sparse_indices"] = idx
     case.kwargs["sparse_indices"] = Tensor(idx)
-    out, softmax_max, softmax_sum = case.check("pynative")
+    out, softmax_max, softmax_sum = case.check(mode)
     assert not out[1, 2].any() and not out[0, 1:].any()
     assert (softmax_max[1, 0, 2] == -np.finfo(np.float32).max).all()
     assert (softmax_sum[1, 0, 2] == np.finfo(np.float32).max).all()
 
 
-def test_cost_follows_the_selection_not_the_stored_length():
+def test_cost_follows_the_selection_not_the_stored_length(mode):
     """Keys that are never selected are never read: NaN in every unselected key/value row leaves the output
     finite and equal to the reference computed on the selected rows only."""
     case = Case(s2=256, k=4, sparse_block_size=8, sparse_mode=0)
@@ -61,7 +61,7 @@ def test_cost_follows_the_selection_not_the_stored_length():
         poisoned = case.np[name].copy()
         poisoned[:, ~selected] = np.nan
         case.kwargs[name] = to_tensor(poisoned, case.dtype)
-    out, _, _ = case.run("pynative")
+    out, _, _ = case.run(mode)
     assert_close(to_numpy(out), want[0], case.dtype)
 
 
