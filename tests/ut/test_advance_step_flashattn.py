@@ -9,7 +9,7 @@ from mindspore import Parameter, Tensor, nn
 from mindspore import ops as ms_ops
 
 from ifa_cases import assert_close, round_to, to_numpy
-from ms_attention import ops
+from ms_attention import ops, primitives
 from ms_attention.kernels.reference.advance_step_flashattn import advance_step_flashattn as reference
 from ms_attention.kernels.reference.incre_flash_attention import incre_flash_attention as ifa_reference
 
@@ -82,6 +82,39 @@ def test_updates_state_in_place(mode, dtypes, num_queries):
         assert got.dtype == state[name].dtype, name
         np.testing.assert_array_equal(got, want[name], err_msg=name)
     np.testing.assert_array_equal(sampled.asnumpy(), state["sampled_token_ids"])
+    np.testing.assert_array_equal(tables.asnumpy(), state["block_tables"])
+
+
+class PrimitiveStepNet(StepNet):
+    """StepNet through the primitive form, AdvanceStepFlashattn(num_seqs, num_queries, block_size)."""
+
+    def __init__(self, state, num_seqs, num_queries, block_size):
+        super().__init__(state, num_seqs, num_queries, block_size)
+        self.step = primitives.AdvanceStepFlashattn(num_seqs, num_queries, block_size)
+
+    def construct(self, sampled_token_ids, block_tables):
+        self.step(self.input_tokens, sampled_token_ids, self.input_positions, self.seq_lens, self.slot_mapping,
+                  block_tables)
+        return self.seq_lens + 0
+
+
+def test_primitive_form_updates_state_in_place(mode):
+    num_seqs, num_queries, block_size, max_blocks = 6, 4, 16, 3
+    state = make_state(num_seqs, num_queries, block_size, max_blocks, SERVING, seed=3)
+    want = dict(zip(STATE, reference(**state, num_seqs=num_seqs, num_queries=num_queries, block_size=block_size)))
+    sampled, tables = Tensor(state["sampled_token_ids"]), Tensor(state["block_tables"])
+    if mode == "pynative":
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+        tensors = {name: Tensor(state[name]) for name in STATE}
+        step = primitives.AdvanceStepFlashattn(num_seqs, num_queries, block_size)
+        assert step(tensors["input_tokens"], sampled, tensors["input_positions"], tensors["seq_lens"],
+                    tensors["slot_mapping"], tables) is None
+    else:
+        net = PrimitiveStepNet(state, num_seqs, num_queries, block_size)
+        _step(mode, net, sampled, tables)
+        tensors = {name: getattr(net, name) for name in STATE}
+    for name in STATE:
+        np.testing.assert_array_equal(tensors[name].asnumpy(), want[name], err_msg=name)
     np.testing.assert_array_equal(tables.asnumpy(), state["block_tables"])
 
 
