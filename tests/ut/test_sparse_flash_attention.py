@@ -47,6 +47,26 @@ def test_empty_selection_and_rows_past_the_query_length_are_zero(mode):
     assert (softmax_sum[1, 0, 2] == np.finfo(np.float32).max).all()
 
 
+def test_entries_after_the_first_minus_one_are_ignored(mode):
+    """The selection ends at its first -1: what follows (valid blocks, out-of-range values) is neither read nor
+    checked, so the result equals the one where every later entry is -1."""
+    case = Case(k=6, sparse_mode=0, sparse_block_size=4)
+    want = case.expected()
+    idx = case.np["sparse_indices"].copy()
+    rows = idx.reshape(-1, 6)
+    for r, row in enumerate(rows):
+        ends = np.nonzero(row == -1)[0]
+        if ends.size:
+            tail = np.array([0, 2 ** 31 - 1, -7, 3, 1, 5], np.int32)[:6 - ends[0] - 1]
+            rows[r, ends[0] + 1:] = tail
+    assert (rows != -1).sum() > (case.np["sparse_indices"] != -1).sum()   # some tails were filled in
+    case.kwargs["sparse_indices"] = Tensor(idx)
+    out, softmax_max, softmax_sum = case.run(mode)
+    assert_close(to_numpy(out), want[0], case.dtype)
+    np.testing.assert_allclose(softmax_max.asnumpy(), want[1], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(softmax_sum.asnumpy(), want[2], rtol=1e-4, atol=1e-5)
+
+
 def test_cost_follows_the_selection_not_the_stored_length(mode):
     """Keys that are never selected are never read: NaN in every unselected key/value row leaves the output
     finite and equal to the reference computed on the selected rows only."""
