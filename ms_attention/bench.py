@@ -15,7 +15,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor
 
-from ms_attention import bench_prefill, bench_training, machine, ops
+from ms_attention import bench_prefill, bench_sparse, bench_training, machine, ops
 from ms_attention.kernels.cpu import loader
 
 
@@ -105,4 +105,6 @@ def main(quick=False):
               f"= {row['of_read_bw']:.2f} x read bw, {row['of_copy_bw']:.2f} x copy bw", flush=True)
     prefill = bench_prefill.run(fma, quick=quick) if fma else []
     training = bench_training.run(fma, quick=quick) if fma else []
-    return {"environment": env, "limits": limits, "results": rows, "prefill": prefill, "training": training}
+    sparse = bench_sparse.run(limits["read_GBps"], fma, quick=quick)
+    return {"environment": env, "limits": limits, "results": rows, "prefill": prefill, "training": training,
+            "sparse": sparse}

@@ -99,6 +99,8 @@ def _cpu_path(op: opdef.OpDef) -> str:
     lines += [_wrap(f"attr_values, attrs = {_check_call(op)}", "    "),
               _wrap(f"kernel = _rt.cached(_base.KernelPrimitive)({op.name!r}, attr_values, {absent})", "    "),
               _wrap(f"return kernel({inputs})", "    ")]
+    if not op.returns:  # in place only: the kernel's placeholder output (primitive_base) is dropped
+        lines[-1:] = [_wrap(f"kernel({inputs})", "    "), "    return None"]
     return "\n".join(lines) + "\n"
 
 

@@ -25,7 +25,8 @@ def _advance_step_flashattn(input_tokens, sampled_token_ids, input_positions, se
         sampled_token_ids, input_positions, seq_lens, slot_mapping, block_tables)
     kernel = _rt.cached(_base.KernelPrimitive)('advance_step_flashattn', attr_values, (False, False, False, False,
         False, False,))
-    return kernel(input_tokens, sampled_token_ids, input_positions, seq_lens, slot_mapping, block_tables, attrs)
+    kernel(input_tokens, sampled_token_ids, input_positions, seq_lens, slot_mapping, block_tables, attrs)
+    return None
 
 
 
@@ -35,12 +36,14 @@ def advance_step_flashattn(input_tokens, sampled_token_ids, input_positions, seq
     vLLM decode-step bookkeeping, in place: for q < num_queries, input_tokens[q] = sampled_token_ids[q, 0],
     input_positions[q] = seq_lens[q], seq_lens[q] += 1, slot_mapping[q] = block_tables[q, pos // block_size] *
     block_size + pos % block_size; padded rows q in [num_queries, num_seqs) get token 0, position 0, slot -1.
+    block_tables and sampled_token_ids are only read. Every tensor is int32 or int64. In Graph mode hold the
+    four state tensors as Parameters of the Cell.
 
     Returns:
         None (the four state tensors are updated in place).
 
     Supported Platforms:
-        torch_npu only (the CPU kernel is not implemented yet).
+        ``CPU`` (torch_npu has it for the NPU; MindSpore has no such operator)
 
     Examples:
         >>> ops.advance_step_flashattn(tokens, sampled, positions, seq_lens, slots, block_tables, 16, 8, 16)
@@ -1144,16 +1147,24 @@ def sparse_flash_attention(query, key, value, sparse_indices, scale_value, *, bl
     next_tokens=9223372036854775807, attention_mode=0, return_softmax_lse=False):
     r"""
     Selected-block sparse attention (DeepSeek-V3.2 style): each query row attends to the key blocks named by
-    `sparse_indices` (read until the first -1, clipped to the kv length), with MLA rope: scores use
-    [query ‖ query_rope]·[key ‖ key_rope], values are key's first 512 dims. sparse_mode 0 or 3.
+    `sparse_indices` (block i = tokens [i * sparse_block_size, (i + 1) * sparse_block_size), read until the first
+    -1, clipped to the kv length and, with sparse_mode 3, right-down causal), with MLA rope: scores use
+    scale_value * ([query | query_rope] . [key | key_rope]), values are `value` (512 dims). The G = N1 / N2 query
+    heads of a KV head share its selection. Only the selected rows are read.
 
-    Constraints: D = 512, rope D = 64, kv heads = 1; layout_query BSND or TND, layout_kv BSND, TND or PA_BSND.
+    Constraints: N1 in {1, 2, 4, ..., 128}, N2 = 1, D = 512, rope D = 64; layout_query BSND or TND; layout_kv
+    BSND or TND (the query's layout) or PA_BSND (paged: block_table and actual_seq_lengths_kv, block_size a
+    multiple of 16 up to 1024 divisible by sparse_block_size); sparse_block_size a power of 2 in [1, 128];
+    sparse_mode 0 or 3; attention_mode 2 requires query_rope and key_rope. pre_tokens / next_tokens do not change
+    the result. An index out of range raises RuntimeError; a row that keeps no key gives 0.
 
     Returns:
-        tuple(attention_out, softmax_max, softmax_sum).
+        tuple(attention_out, softmax_max, softmax_sum). attention_out has the query's shape and dtype.
+        softmax_max / softmax_sum (float32): (B, N2, S1, N1 / N2) for BSND, (N2, T1, N1 / N2) for TND, with
+        return_softmax_lse=True (a row without keys: -FLT_MAX / FLT_MAX); shape (1,) holding 0 otherwise.
 
     Supported Platforms:
-        ``Ascend`` (the CPU kernel is not implemented yet: on CPU the call raises RuntimeError naming the reason)
+        ``Ascend`` ``CPU``
 
     Examples:
         >>> out, _, _ = ops.sparse_flash_attention(q, kv, kv, idx, 1 / 576 ** 0.5, query_rope=qr, key_rope=kr,

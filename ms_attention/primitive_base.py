@@ -192,6 +192,9 @@ def _meta_of_abstract(op_name: str, name: str, item) -> Tuple[Optional[TensorMet
 def _not_a_tensor(op_name: str, name: str, got: str) -> TypeError:
     return Checker(opdef.get(op_name).class_name).type_error(f"the '{name}' must be a Tensor (or None), but got {got}.")
 
+# An AOT Custom op needs at least one output: an operator that only updates its inputs in place (`returns: {}`)
+# gets this one, whose dtype is its infer module's output_dtypes and which the generated code drops.
+PLACEHOLDER_OUTPUT = "placeholder"
 
 # The reg_info attribute through which a kernel's C++ InferShape reads the normalised attributes (infer_shape.h).
 INT_ATTRS = "msa_int_attrs"
@@ -214,9 +217,10 @@ def _reg_info(op: opdef.OpDef, int_attrs: Tuple[int, ...]):
     for i, arg in enumerate(op.tensor_inputs):
         info = info.input(i, arg.name)
     info = info.input(len(op.tensor_inputs), "attrs")
-    for i, name in enumerate(op.returns):
+    outputs = op.returns or (PLACEHOLDER_OUTPUT,)
+    for i, name in enumerate(outputs):
         info = info.output(i, name)
-    count = len(op.tensor_inputs) + 1 + len(op.returns)
+    count = len(op.tensor_inputs) + 1 + len(outputs)
     info = info.dtype_format(*([DataType.None_None] * count))
     if int_attrs:
         info = info.attr(INT_ATTRS, "required", "listInt", value=list(int_attrs))

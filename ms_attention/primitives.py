@@ -21,6 +21,8 @@ class AdvanceStepFlashattn(_PrimitiveMethods):
     vLLM decode-step bookkeeping, in place: for q < num_queries, input_tokens[q] = sampled_token_ids[q, 0],
     input_positions[q] = seq_lens[q], seq_lens[q] += 1, slot_mapping[q] = block_tables[q, pos // block_size] *
     block_size + pos % block_size; padded rows q in [num_queries, num_seqs) get token 0, position 0, slot -1.
+    block_tables and sampled_token_ids are only read. Every tensor is int32 or int64. In Graph mode hold the
+    four state tensors as Parameters of the Cell.
 
     Primitive form of `ms_attention.ops.advance_step_flashattn`, with the arguments of torch_npu's
     AdvanceStepFlashattn: attributes in __init__ (checked there), tensors in the call (None for absent inputs).
@@ -282,8 +284,10 @@ class PromptFlashAttention(_PrimitiveMethods):
 class SparseFlashAttention(_PrimitiveMethods):
     r"""
     Selected-block sparse attention (DeepSeek-V3.2 style): each query row attends to the key blocks named by
-    `sparse_indices` (read until the first -1, clipped to the kv length), with MLA rope: scores use
-    [query ‖ query_rope]·[key ‖ key_rope], values are key's first 512 dims. sparse_mode 0 or 3.
+    `sparse_indices` (block i = tokens [i * sparse_block_size, (i + 1) * sparse_block_size), read until the first
+    -1, clipped to the kv length and, with sparse_mode 3, right-down causal), with MLA rope: scores use
+    scale_value * ([query | query_rope] . [key | key_rope]), values are `value` (512 dims). The G = N1 / N2 query
+    heads of a KV head share its selection. Only the selected rows are read.
 
     Primitive form of `ms_attention.ops.sparse_flash_attention`, with the arguments of MindSpore's
     SparseFlashAttention: every argument in the call (None for absent inputs, sequence lengths as tuple, list or
