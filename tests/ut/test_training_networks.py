@@ -138,7 +138,8 @@ INSTALL_CODE = textwrap.dedent("""
     FUNCTIONS = {
         "flash_attention_score": ["mindspore.ops", "mindspore.ops.function", "mindspore.ops.functional",
                                   "mindspore.ops.function.nn_func", "mindspore.ops.auto_generate",
-                                  "mindspore.ops.auto_generate.gen_ops_def", "mindspore.ops.operations.manually_defined",
+                                  "mindspore.ops.auto_generate.gen_ops_def",
+                                  "mindspore.ops.operations.manually_defined",
                                   "mindspore.ops.operations.manually_defined.ops_def"],
         "speed_fusion_attention": ["mindspore.ops", "mindspore.ops.function", "mindspore.ops.functional",
                                    "mindspore.ops.function.nn_func"],
@@ -190,6 +191,10 @@ INSTALL_CODE = textwrap.dedent("""
 
     cells = {"flash_attention_score": Function, "speed_fusion_attention": SpeedFunction,
              "FlashAttentionScore": Primitive, "SpeedFusionAttention": SpeedPrimitive}
+    ours = {"flash_attention_score": ms_attention.ops.flash_attention_score,
+            "speed_fusion_attention": ms_attention.ops.speed_fusion_attention,
+            "FlashAttentionScore": ms_attention.primitives.FlashAttentionScore,
+            "SpeedFusionAttention": ms_attention.primitives.SpeedFusionAttention}
     for name, modules in list(FUNCTIONS.items()) + list(CLASSES.items()):
         for module_name in modules:
             obj = getattr(importlib.import_module(module_name), name)
@@ -333,3 +338,82 @@ def test_speed_fusion_attention_gradients_float32(mode):
     for got, expected in zip(grads, want):
         assert got.dtype == ms.float32
         assert_grad_close(got.asnumpy(), expected, "float32")
+
+
+class SpeedFusionDropout(nn.Cell):
+    def construct(self, query, key, value):
+        return ops.speed_fusion_attention(query, key, value, N, "BNSD", scale=SCALE, keep_prob=0.7, sparse_mode=2)
+
+
+class FirstOutputLoss(nn.Cell):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def construct(self, query, key, value):
+        return self.net(query, key, value)[0].sum()
+
+
+@pytest.mark.parametrize("mode", ["pynative", "graph"])
+def test_dropout_gradients_use_the_forward_mask(mode):
+    """With generated dropout the backward regenerates the forward's mask: after ms.manual_seed, the forward
+    reports (seed, offset); the same seed again gives gradients equal to the reference's for that (seed,
+    offset)."""
+    _set_mode(mode)
+    rng = np.random.default_rng(6)
+    q = rng.standard_normal((B, N, S, D)).astype(np.float32)
+    k = rng.standard_normal((B, N2, S, D)).astype(np.float32)
+    v = rng.standard_normal((B, N2, S, D)).astype(np.float32)
+    ms.manual_seed(11)
+    outputs = SpeedFusionDropout()(Tensor(q), Tensor(k), Tensor(v))
+    seed, offset = int(outputs[4].asnumpy()[0]), int(outputs[5].asnumpy()[0])
+    ms.manual_seed(11)
+    grads = ms.grad(FirstOutputLoss(SpeedFusionDropout()), grad_position=(0, 1, 2))(Tensor(q), Tensor(k), Tensor(v))
+    kwargs = dict(head_num=N, input_layout="BNSD", scale=SCALE, keep_prob=0.7, sparse_mode=2, seed=seed,
+                  offset=offset)
+    out, row_max, row_sum = reference.training_attention(q, k, v, **kwargs)
+    np.testing.assert_allclose(outputs[0].asnumpy(), out, rtol=1e-5, atol=1e-5)
+    want = reference.training_attention_grad(q, k, v, np.ones(q.shape), row_max, row_sum, out, **kwargs)
+    for got, expected in zip(grads, want):
+        assert_grad_close(got.asnumpy(), expected, "float32")
+
+
+class VarlenAttention(nn.Cell):
+    """Varlen packing: TND with the cumulative lengths as Tensor inputs, causal per batch (sparse_mode 3)."""
+
+    def construct(self, query, key, value, actual_seq_qlen, actual_seq_kvlen):
+        return ops.flash_attention_score(query, key, value, N, actual_seq_qlen=actual_seq_qlen,
+                                         actual_seq_kvlen=actual_seq_kvlen, scalar_value=SCALE, input_layout="TND",
+                                         sparse_mode=3)
+
+
+def test_dynamic_tnd_varlen_forward_and_gradient():
+    """One graph with unknown T1, T2 and batch count serves every packing, forward and backward."""
+    _set_mode("graph")
+    dyn = lambda: Tensor(shape=[None, None, D], dtype=ms.float16)
+    lens = lambda: Tensor(shape=[None], dtype=ms.int64)
+    net, grad_net = VarlenAttention(), GradOfVarlen(VarlenAttention())
+    net.set_inputs(dyn(), dyn(), dyn(), lens(), lens())
+    grad_net.set_inputs(dyn(), dyn(), dyn(), lens(), lens())
+    rng = np.random.default_rng(7)
+    for q_lens, kv_lens in (([5, 11], [9, 11]), ([3, 0, 20], [3, 7, 25]), ([16], [16])):
+        qlen, kvlen = np.cumsum(q_lens), np.cumsum(kv_lens)
+        q, k, v = _draw(rng, (qlen[-1], N, D)), _draw(rng, (kvlen[-1], N2, D)), _draw(rng, (kvlen[-1], N2, D))
+        args = [to_tensor(x, "float16") for x in (q, k, v)] + [Tensor(qlen), Tensor(kvlen)]
+        kwargs = dict(head_num=N, input_layout="TND", actual_seq_qlen=qlen, actual_seq_kvlen=kvlen, scale=SCALE,
+                      sparse_mode=3)
+        want, row_max, row_sum = reference.training_attention(q, k, v, **kwargs)
+        assert_close(to_numpy(net(*args)), want, "float16")
+        want_grads = reference.training_attention_grad(q, k, v, np.ones(q.shape), row_max, row_sum,
+                                                       round_to(want, "float16"), **kwargs)
+        for got, expected in zip(grad_net(*args), want_grads[:3]):
+            assert_grad_close(to_numpy(got), expected, "float16")
+
+
+class GradOfVarlen(nn.Cell):
+    def __init__(self, net):
+        super().__init__()
+        self.grad = ms_ops.GradOperation(get_all=True)(net)
+
+    def construct(self, query, key, value, actual_seq_qlen, actual_seq_kvlen):
+        return self.grad(query, key, value, actual_seq_qlen, actual_seq_kvlen)[:3]

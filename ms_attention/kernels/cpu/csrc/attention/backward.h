@@ -16,7 +16,9 @@
 //   S^T = K (scale Q)^T and dPd^T = V dO^T   (ScorePanel: the rows packed transposed in panels),
 //   dV += Pd^T dO and dK += dS^T (scale Q)   (ValueRows: key rows accumulate, weights P^T / dS^T),
 //   dQ += dS K, times scale when stored      (ValueRows on the transposed dS tile).
-// dQ of a unit accumulates in float32 scratch (its rows x D), dK / dV per key block; nothing is S x S. dpse
+// A unit first gathers its rows' queries (times scale) and output gradients, widened, into contiguous scratch:
+// every key block reads them again. dQ accumulates in float32 scratch (the unit's rows x D), dK / dV per key
+// block; nothing is S x S. dpse
 // accumulates in a float32 buffer of the pse's size (the pse itself when it is float32), converted at the end.
 // All scratch is allocated once per call, before the parallel region.
 #pragma once
@@ -84,22 +86,23 @@ inline void StoreRow(const float *src, int64_t n, BFloat16 *dst) {
 // One thread's working memory (floats), carved from one buffer; R is the padded row block, M the most rows
 // (positions x G) of a unit's batch.
 struct GradScratch {
-  float *kw, *vw;         // kGradKeys x D: the key and value block (widened)
-  float *dk, *dv;         // kGradKeys x D: accumulators of the key block
-  float *qw, *dow;        // R x D: the row block's queries times scale, output gradients (widened)
-  float *qt, *dot;        // R x D: queries and output gradients packed transposed (row-major without SIMD)
-  float *st, *dpt;        // kGradKeys x R: S^T -> Pd^T, dPd^T -> dS^T
-  float *ds;              // R x kGradKeys: dS
-  float *terms, *zt;      // kGradKeys x R: score terms (bias, -inf masked) and Z / keep_prob, key-major
-  float *rm;              // R x kGradKeys: the row-major terms before their transpose
-  float *bm, *bl, *bd;    // R: the row block's max, 1 / sum, Dsum (0 for padding rows)
-  float *lo, *hi;         // R: first / last key of each row's band (floats, clamped to the block)
-  float *ones;            // max(R, kGradKeys): unit corrections for ValueRows
+  float *kw, *vw;           // kGradKeys x D: the key and value block (widened)
+  float *dk, *dv;           // kGradKeys x D: accumulators of the key block
+  float *qt, *dot;          // R x D: the row block's queries and output gradients packed transposed
+  float *st, *dpt;          // kGradKeys x R: S^T -> Pd^T, dPd^T -> dS^T
+  float *ds;                // R x kGradKeys: dS
+  float *terms, *zt;        // kGradKeys x R: score terms (bias, -inf masked) and Z / keep_prob, key-major
+  float *rm;                // R x kGradKeys: the row-major terms before their transpose
+  float *bm, *bl, *bd;      // R: the row block's max, 1 / sum, Dsum (0 for padding rows)
+  float *lo, *hi;           // R: first / last key of each row's band (floats, clamped to the block)
+  float *ones;              // max(R, kGradKeys): unit corrections for ValueRows
   float *m, *inv_l, *dsum;  // M: per row of the unit's batch
-  float *dq;              // M x D
+  float *qa, *doa, *dq;     // M x D: the batch's queries times scale, output gradients (widened), dQ
+  static constexpr int kArrays = 22;
   static int64_t Floats(int64_t R, int64_t M, int64_t D) {
     const int64_t K = kGradKeys;
-    return 4 * K * D + 4 * R * D + 5 * K * R + 2 * R * K + 5 * R + std::max(R, K) + 3 * M + M * D + 64;
+    return 4 * K * D + 2 * R * D + 5 * K * R + 2 * R * K + 5 * R + std::max(R, K) + 3 * M + 3 * M * D +
+           kArrays * 16;  // each array rounded up to 16 floats
   }
   GradScratch(float *base, int64_t R, int64_t M, int64_t D) {
     const int64_t K = kGradKeys;
@@ -110,16 +113,14 @@ struct GradScratch {
       return at;
     };
     kw = take(K * D), vw = take(K * D), dk = take(K * D), dv = take(K * D);
-    qw = take(R * D), dow = take(R * D), qt = take(R * D), dot = take(R * D);
+    qt = take(R * D), dot = take(R * D);
     st = take(K * R), dpt = take(K * R), ds = take(R * K), terms = take(K * R), zt = take(K * R), rm = take(R * K);
     bm = take(R), bl = take(R), bd = take(R), lo = take(R), hi = take(R);
     ones = take(std::max(R, K));
     m = take(M), inv_l = take(M), dsum = take(M);
-    dq = take(M * D);
+    qa = take(M * D), doa = take(M * D), dq = take(M * D);
     for (int64_t i = 0; i < std::max(R, K); ++i) ones[i] = 1.f;
   }
-  // Floats() plus the rounding of each of the 25 arrays to 16 floats
-  static int64_t Padded(int64_t R, int64_t M, int64_t D) { return Floats(R, M, D) + 25 * 16; }
 };
 
 // ---- tile products --------------------------------------------------------------------------------------
@@ -276,13 +277,6 @@ inline void TileGradients(const GradScratch &sc, int64_t R, int64_t nk, int64_t 
 
 // ---- a unit of work ---------------------------------------------------------------------------------------
 
-// Asks for `bytes` from `at` to be brought into the cache (the next row block's inputs while this one computes:
-// a key block streams every row of its batch, more than the L2 holds, and the widening loops stall otherwise).
-inline void Prefetch(const void *at, int64_t bytes) {
-  const char *x = static_cast<const char *>(at);
-  for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(x + i, 0, 2);
-}
-
 struct GradPlan {
   int64_t block_pos = 1;   // query positions per row block
   int64_t R = 0;           // rows of a row block, padded to kGradPanel
@@ -344,46 +338,83 @@ inline TileKind BandKind(const Problem &p, int64_t b, int64_t i0, int64_t il, in
   return prefix && j0 < band.open_keys[b] ? TileKind::kTerms : TileKind::kBand;
 }
 
-// The gradients of (batch b, KV head kh): dQ of its G heads' rows, dK / dV of its keys, its share of dpse.
-// ptrs: kGradKeys + 2 * R row pointers of scratch.
+// The query positions [*lo, *hi) of batch b that see some key of [j0, jl] (empty when *lo >= *hi).
+inline void VisibleRows(const Problem &p, int64_t b, int64_t j0, int64_t jl, int64_t *lo, int64_t *hi) {
+  const Band &band = p.band;
+  *lo = 0;
+  *hi = p.q_len[b];
+  if (band.enabled() && !(!band.open_keys.empty() && j0 < band.open_keys[b])) {
+    *lo = std::max<int64_t>(0, j0 - band.hi[b]);
+    *hi = std::min<int64_t>(p.q_len[b], jl - band.lo[b] + 1);
+  }
+}
+
+// Key blocks [*first, *last) of split s of batch b's keys, when they are split `splits` ways: contiguous ranges
+// of about equal work (the query rows that see each block, which a causal band makes uneven).
+inline void SplitKeyBlocks(const Problem &p, int64_t b, int64_t splits, int64_t s, int64_t *first, int64_t *last) {
+  const int64_t keys = p.kv_len[b], blocks = (keys + kGradKeys - 1) / kGradKeys;
+  auto cost = [&](int64_t block) {
+    int64_t lo = 0, hi = 0;
+    VisibleRows(p, b, block * kGradKeys, std::min(keys, (block + 1) * kGradKeys) - 1, &lo, &hi);
+    return std::max<int64_t>(1, hi - lo);  // every block has its own fixed costs
+  };
+  int64_t total = 0;
+  for (int64_t k = 0; k < blocks; ++k) total += cost(k);
+  // split s starts at the first block whose preceding work reaches s / splits of the total
+  auto start = [&](int64_t part) {
+    if (part >= splits) return blocks;
+    int64_t done = 0, k = 0;
+    for (; k < blocks && done * splits < total * part; ++k) done += cost(k);
+    return k;
+  };
+  *first = start(s);
+  *last = start(s + 1);
+}
+
+// The gradients of (batch b, KV head kh) from key blocks [kb0, kb1): dK / dV of those keys, their share of dpse,
+// and their share of dQ of the G heads' rows, accumulated (unscaled) in dq_acc (M x D floats) and, when `store`,
+// scaled and written out. ptrs: kGradKeys + 2 * R row pointers of scratch.
 template <class E>
-void GradUnit(const Problem &p, const GradTensors &g, const GradPlan &plan, int64_t b, int64_t kh, GradScratch &sc,
-              const float **ptrs) {
+void GradUnit(const Problem &p, const GradTensors &g, const GradPlan &plan, int64_t b, int64_t kh, int64_t kb0,
+              int64_t kb1, float *dq_acc, bool store, GradScratch &sc, const float **ptrs) {
   const int64_t G = p.G, D = p.D, K = kGradKeys, R = plan.R;
   const int64_t q_len = p.q_len[b], keys = p.kv_len[b], rows = q_len * G;
-  if (q_len == 0 || keys == 0) return;  // the outputs were zeroed
-  const E *query = static_cast<const E *>(p.query), *dy = static_cast<const E *>(g.dy);
+  if (q_len == 0 || keys == 0) {  // no gradient (the outputs were zeroed)
+    std::fill(dq_acc, dq_acc + rows * D, 0.f);
+    return;
+  }
+  const E *query = static_cast<const E *>(p.query), *dy = static_cast<const E *>(g.dy);  // q_rows
   const E *out = static_cast<const E *>(g.out);
   const E *key = static_cast<const E *>(p.kv.key), *value = static_cast<const E *>(p.kv.value);
   const float scale = p.scale;
   auto q_at = [&](int64_t r) { return p.q_rows.At(b, kh * G + r % G, p.q_start[b] + r / G); };
 
-  // every row's softmax statistics and Dsum = dO . O
+  // Every row's softmax statistics, Dsum = dO . O, and its query (times scale) and output gradient gathered
+  // once, widened and contiguous: each key block reads them all again, and rows of a token-major layout lie a
+  // page apart (the tiles stalled on them).
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t at = p.stats.rows.At(b, kh * G + r % G, p.q_start[b] + r / G);
     const float m = p.stats.max[at], l = p.stats.sum[at];
     const bool empty = !(l > 0.f) || !(m > -FLT_MAX) || std::isinf(m);  // no visible key: contributes nothing
     sc.m[r] = empty ? 0.f : m;
     sc.inv_l[r] = empty ? 0.f : 1.f / l;
-    WidenRow(dy + q_at(r), D, 1.f, sc.qw);
-    WidenRow(out + q_at(r), D, 1.f, sc.dow);
+    float *q = sc.qa + r * D, *g = sc.doa + r * D, *o = dq_acc + r * D;  // o: dq_acc is free until zeroed
+    WidenRow(query + q_at(r), D, scale, q);
+    WidenRow(dy + q_at(r), D, 1.f, g);
+    WidenRow(out + q_at(r), D, 1.f, o);
     float sum = 0.f;
-    for (int64_t d = 0; d < D; ++d) sum += sc.qw[d] * sc.dow[d];
+    for (int64_t d = 0; d < D; ++d) sum += g[d] * o[d];
     sc.dsum[r] = sum;
   }
-  std::fill(sc.dq, sc.dq + rows * D, 0.f);
+  std::fill(dq_acc, dq_acc + rows * D, 0.f);
 
   const Band &band = p.band;
   const float **kw_rows = ptrs, **qw_rows = ptrs + K, **dow_rows = ptrs + K + R;
   E *dk = static_cast<E *>(g.dk), *dv = static_cast<E *>(g.dv);
-  for (int64_t j0 = 0; j0 < keys; j0 += K) {
+  for (int64_t j0 = kb0 * K; j0 < std::min(keys, kb1 * K); j0 += K) {
     const int64_t nk = std::min(K, keys - j0), jl = j0 + nk - 1;
-    // the query positions that see a key of the block
-    int64_t i_lo = 0, i_hi = q_len;
-    if (band.enabled() && !(!band.open_keys.empty() && j0 < band.open_keys[b])) {
-      i_lo = std::max<int64_t>(0, j0 - band.hi[b]);
-      i_hi = std::min<int64_t>(q_len, jl - band.lo[b] + 1);
-    }
+    int64_t i_lo = 0, i_hi = 0;  // the query positions that see a key of the block
+    VisibleRows(p, b, j0, jl, &i_lo, &i_hi);
     if (i_lo >= i_hi) continue;  // no row sees these keys: their dK, dV stay 0
     for (int64_t t = 0; t < nk; ++t) {
       const int64_t at = p.kv.rows.At(b, kh, p.kv_start[b] + j0 + t);
@@ -395,21 +426,10 @@ void GradUnit(const Problem &p, const GradTensors &g, const GradPlan &plan, int6
     std::fill(sc.dv, sc.dv + nk * D, 0.f);
     for (int64_t i0 = i_lo; i0 < i_hi; i0 += plan.block_pos) {
       const int64_t np = std::min(plan.block_pos, i_hi - i0), nr = np * G, r0 = i0 * G;
-      if (i0 + np < i_hi) {  // the next row block's queries, output gradients and dQ rows
-        const int64_t next = std::min(plan.block_pos, i_hi - i0 - np) * G;
-        for (int64_t r = r0 + nr; r < r0 + nr + next; ++r) {
-          Prefetch(query + q_at(r), D * sizeof(E));
-          Prefetch(dy + q_at(r), D * sizeof(E));
-        }
-        Prefetch(sc.dq + (r0 + nr) * D, next * D * sizeof(float));
-      }
-      // the row block: scaled queries and output gradients, widened and packed; per-row statistics
+      // the row block: scaled queries and output gradients, packed; per-row statistics
       for (int64_t r = 0; r < nr; ++r) {
-        const int64_t at = q_at(r0 + r);
-        WidenRow(query + at, D, scale, sc.qw + r * D);
-        WidenRow(dy + at, D, 1.f, sc.dow + r * D);
-        qw_rows[r] = sc.qw + r * D;
-        dow_rows[r] = sc.dow + r * D;
+        qw_rows[r] = sc.qa + (r0 + r) * D;
+        dow_rows[r] = sc.doa + (r0 + r) * D;
       }
       PackRows(qw_rows, nr, R, D, sc.qt);
       PackRows(dow_rows, nr, R, D, sc.dot);
@@ -438,7 +458,7 @@ void GradUnit(const Problem &p, const GradTensors &g, const GradPlan &plan, int6
       AccumulateProducts(sc.dv, nk, sc.st, R, dow_rows, nr, D, sc.ones);
       AccumulateProducts(sc.dk, nk, sc.dpt, R, qw_rows, nr, D, sc.ones);
       TransposeTile(sc.dpt, R, K, R, sc.ds, K);
-      AccumulateProducts(sc.dq + r0 * D, nr, sc.ds, K, kw_rows, nk, D, sc.ones);
+      AccumulateProducts(dq_acc + r0 * D, nr, sc.ds, K, kw_rows, nk, D, sc.ones);
     }
     for (int64_t t = 0; t < nk; ++t) {
       const int64_t at = p.kv.rows.At(b, kh, p.kv_start[b] + j0 + t);
@@ -446,9 +466,10 @@ void GradUnit(const Problem &p, const GradTensors &g, const GradPlan &plan, int6
       StoreRow(sc.dv + t * D, D, dv + at);
     }
   }
+  if (!store) return;
   E *dq = static_cast<E *>(g.dq);
   for (int64_t r = 0; r < rows; ++r) {
-    float *row = sc.dq + r * D;
+    float *row = dq_acc + r * D;
     for (int64_t d = 0; d < D; ++d) row[d] *= scale;
     StoreRow(row, D, dq + q_at(r));
   }
@@ -479,25 +500,55 @@ void RunGrad(const Problem &p, const GradTensors &g) {
       plan.dpse = dpse_acc.data();
     }
   }
-  // a pse broadcast over the batch is summed over it: one unit per KV head then takes every batch
+  // A pse broadcast over the batch is summed over it: one item per KV head then takes every batch. Otherwise an
+  // item is a (batch, KV head).
   const bool per_head = plan.dpse != nullptr && p.bias.batch == 0 && p.B > 1;
-  const int64_t units = per_head ? p.kvN : p.B * p.kvN;
-
+  const int64_t items = per_head ? p.kvN : p.B * p.kvN;
   ThreadPool &pool = ThreadPool::Instance();
   const int threads = pool.threads();
-  const int64_t floats = GradScratch::Padded(plan.R, plan.M, D);
+  // When the items cannot keep every thread busy, an item's key blocks are split; each split accumulates its own
+  // dQ, summed afterwards. Not for per-head items, nor with a compressed pse's gradient (a row-0 shifted element
+  // is read from keys of several splits).
+  int64_t splits = 1;
+  if (!per_head && items < threads && !(plan.dpse != nullptr && p.bias.compressed_rows > 0)) {
+    int64_t blocks = 0;
+    for (int64_t b = 0; b < p.B; ++b) blocks = std::max(blocks, (p.kv_len[b] + kGradKeys - 1) / kGradKeys);
+    splits = std::max<int64_t>(1, std::min<int64_t>((threads + items - 1) / items, blocks));
+  }
+  const int64_t units = items * splits;
+  const int64_t floats = GradScratch::Floats(plan.R, plan.M, D);
   std::vector<float> scratch(threads * floats + 16);
   std::vector<const float *> pointers(threads * (kGradKeys + 2 * plan.R));
+  std::vector<float> partial_dq(splits > 1 ? units * plan.M * D : 0);  // split s of item i at unit i * splits + s
   float *base = reinterpret_cast<float *>((reinterpret_cast<uintptr_t>(scratch.data()) + 63) & ~uintptr_t(63));
   pool.ParallelFor(units, [&](int64_t w, int slot) {
     GradScratch sc(base + slot * floats, plan.R, plan.M, D);
     const float **ptrs = pointers.data() + slot * (kGradKeys + 2 * plan.R);
+    const int64_t item = w / splits, s = w % splits, all = int64_t(1) << 40;
     if (per_head) {
-      for (int64_t b = 0; b < p.B; ++b) GradUnit<E>(p, g, plan, b, w, sc, ptrs);
+      for (int64_t b = 0; b < p.B; ++b) GradUnit<E>(p, g, plan, b, item, 0, all, sc.dq, true, sc, ptrs);
+    } else if (splits == 1) {
+      GradUnit<E>(p, g, plan, item / p.kvN, item % p.kvN, 0, all, sc.dq, true, sc, ptrs);
     } else {
-      GradUnit<E>(p, g, plan, w / p.kvN, w % p.kvN, sc, ptrs);
+      int64_t first = 0, last = 0;
+      SplitKeyBlocks(p, item / p.kvN, splits, s, &first, &last);
+      GradUnit<E>(p, g, plan, item / p.kvN, item % p.kvN, first, last, partial_dq.data() + w * plan.M * D, false,
+                  sc, ptrs);
     }
   });
+  if (splits > 1) {  // every split is done: sum their dQ, scale and store
+    pool.ParallelFor(items, [&](int64_t item, int) {
+      const int64_t b = item / p.kvN, kh = item % p.kvN, rows = p.q_len[b] * G;
+      float *sum = partial_dq.data() + item * splits * plan.M * D;
+      for (int64_t s = 1; s < splits; ++s) simd::ScaleAdd(sum, 1.f, sum + s * plan.M * D, 1.f, rows * D);
+      E *dq = static_cast<E *>(g.dq);
+      for (int64_t r = 0; r < rows; ++r) {
+        float *row = sum + r * D;
+        for (int64_t d = 0; d < D; ++d) row[d] *= p.scale;
+        StoreRow(row, D, dq + p.q_rows.At(b, kh * G + r % G, p.q_start[b] + r / G));
+      }
+    });
+  }
   if (!dpse_acc.empty()) {
     if (g.dpse_dtype == abi::kFloat16) StoreRow(dpse_acc.data(), p.bias.numel, static_cast<Half *>(g.dpse));
     if (g.dpse_dtype == abi::kBfloat16) StoreRow(dpse_acc.data(), p.bias.numel, static_cast<BFloat16 *>(g.dpse));
