@@ -105,7 +105,8 @@ class Validator(PrimitiveWithInfer):
         self._tensor_inputs = opdef.get(op_name).tensor_inputs
 
     def _present(self, metas) -> Tuple[bool, ...]:
-        return tuple(not a.generated and metas.get(a.name) is not None for a in self._tensor_inputs)
+        """The kernel's presence flags: a generated input (dropout seed/offset) is always given."""
+        return tuple(a.generated or metas.get(a.name) is not None for a in self._tensor_inputs)
 
     def _validate(self, values, metas, static) -> Optional[Tuple[Dict[str, Any], Tensor]]:
         """The op's checks; None for an operator only declared, on Ascend (MindSpore's own checks apply)."""
