@@ -98,7 +98,7 @@ struct GradScratch {
   float *ones;              // max(R, kGradKeys): unit corrections for ValueRows
   float *m, *inv_l, *dsum;  // M: per row of the unit's batch
   float *qa, *doa, *dq;     // M x D: the batch's queries times scale, output gradients (widened), dQ
-  static constexpr int kArrays = 22;
+  static constexpr int kArrays = 24;
   static int64_t Floats(int64_t R, int64_t M, int64_t D) {
     const int64_t K = kGradKeys;
     return 4 * K * D + 2 * R * D + 5 * K * R + 2 * R * K + 5 * R + std::max(R, K) + 3 * M + 3 * M * D +
