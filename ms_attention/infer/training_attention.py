@@ -6,7 +6,7 @@ Each operator describes itself with `Rules`: its Checker, its argument names, th
 exception its documentation gives for head_num and sparse_mode. Inputs are known here by FAS's names (`pse` is
 FAS's `real_shift`, `attn_mask` SFA's `atten_mask`).
 
-Shape rules (the docstrings, the issue-7 contract and MindSpore's own FlashAttentionScore infer):
+Shape rules (the docstrings, MindSpore's own FlashAttentionScore infer and docs/flash_attention_score.md):
 - attn_mask, modes 0, 1, 5: (B, N1, S1, S2), (B, 1, S1, S2), (1, N1, S1, S2), (1, 1, S1, S2) or (S1, S2); TND:
   the same with Smax_q >= the longest query batch, Smax_kv >= the longest key batch (window-relative). Modes
   2, 3, 4, 7, 8: the compressed (2048, 2048) mask, whose contents are ignored; mode 6 also CANN's (3072, 2048).
@@ -344,9 +344,9 @@ class _Call:
             for i, p in enumerate(flat):
                 upper = int(kv_batches[i]) if kv_batches is not None and i < len(kv_batches) else None
                 if p < 0 or (upper is not None and p > upper):
-                    raise chk.value_error(f"each 'prefix' must be in [0, the batch's key length"
-                                          + (f" {upper}" if upper is not None else "") +
-                                          f"], but got {p} for batch {i} in {flat}.")
+                    bound = "the batch's key length" + (f" {upper}" if upper is not None else "")
+                    raise chk.value_error(f"each 'prefix' must be in [0, {bound}], but got {p} for batch {i} in "
+                                          f"{flat}.")
         return longest, kv_total
 
 

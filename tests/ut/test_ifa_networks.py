@@ -280,11 +280,11 @@ def test_what_only_the_kernel_can_see_is_checked_at_run_time(what):
 
 def test_declared_only_primitives_construct_and_raise_at_call():
     """A network may build an operator it does not call on this machine (prefill cell, decode-only run)."""
-    prim = primitives.FlashAttentionScore(head_num=4)
+    prim = primitives.SparseFlashAttention()
     ms.set_context(mode=ms.PYNATIVE_MODE)
     q = Tensor(np.ones((1, 4, 64), np.float16))
     with pytest.raises(RuntimeError, match="no kernel serves this call"):
-        prim(q, q, q)
+        prim(q, q, q, Tensor(np.zeros((1, 4, 1, 1), np.int32)), 0.1)
 
 
 @pytest.mark.parametrize("value", [[4], {"n": 4}])

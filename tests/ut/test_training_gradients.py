@@ -15,29 +15,37 @@ from ms_attention.primitives import FlashAttentionScore
 
 # ---- the kernel's gradients by finite differences -----------------------------------------------------------
 
+DROPOUT_SEED = 17
+
+
 def _sfa_loss(arrays, weight, attrs):
+    """sum(attention_out * weight) of one PyNative call, in float64; a generated dropout mask is the same for
+    every call (manual_seed right before it: seed DROPOUT_SEED, offset 0)."""
     ms.set_context(mode=ms.PYNATIVE_MODE)
-    out = ops.speed_fusion_attention(Tensor(arrays["query"], ms.float32), Tensor(arrays["key"], ms.float32),
-                                     Tensor(arrays["value"], ms.float32), pse=Tensor(arrays["pse"], ms.float32),
+    ms.manual_seed(DROPOUT_SEED)
+    tensors = {name: Tensor(x) for name, x in arrays.items()}
+    out = ops.speed_fusion_attention(tensors.pop("query"), tensors.pop("key"), tensors.pop("value"), **tensors,
                                      **attrs)[0]
     return float(np.sum(out.asnumpy().astype(np.float64) * weight))
 
 
-@pytest.mark.parametrize("pse_type,sparse_mode", [(1, 0), (0, 3)])
-def test_kernel_gradients_match_finite_differences(pse_type, sparse_mode):
-    """float32 SFA, GQA, a pse and a mask: every element of dq, dk, dv and dpse against
-    (f(x + eps) - f(x - eps)) / 2 eps of the kernel's forward."""
+@pytest.mark.parametrize("pse_type,sparse_mode,keep_prob", [(1, 0, 1.0), (0, 3, 1.0), (1, 2, 0.7)])
+def test_kernel_gradients_match_finite_differences(pse_type, sparse_mode, keep_prob):
+    """float32 SFA, GQA, a pse, a mask or a causal mode, and generated dropout: every element of dq, dk, dv and
+    dpse against (f(x + eps) - f(x - eps)) / 2 eps of the kernel's forward."""
     case = TrainingCase("sfa", b=1, n1=2, n2=1, s1=3, s2=5, d=4, layout="BSH", dtype="float32", seed=40)
     case.add_pse((1, 2, 3, 5), pse_type)
-    attrs = dict(head_num=2, input_layout="BSH", scale=0.7, pse_type=pse_type, sparse_mode=sparse_mode)
+    case.attrs.update(scale=0.7, sparse_mode=sparse_mode)
+    attrs = dict(head_num=2, input_layout="BSH", scale=0.7, pse_type=pse_type, sparse_mode=sparse_mode,
+                 keep_prob=keep_prob)
     if sparse_mode == 0:
         mask = np.zeros((3, 5), bool)
         mask[1, 3:] = True
         case.add("attn_mask", mask, "bool")
+        case.attrs.update(pre_tokens=1, next_tokens=1)
         attrs.update(atten_mask=case.ms["attn_mask"], pre_tokens=1, next_tokens=1)
-    case.attrs.update(scale=0.7, pse_type=pse_type, sparse_mode=sparse_mode,
-                      pre_tokens=attrs.get("pre_tokens", case.attrs["pre_tokens"]),
-                      next_tokens=attrs.get("next_tokens", case.attrs["next_tokens"]))
+    if keep_prob < 1.0:
+        case.dropout(keep_prob, seed=DROPOUT_SEED)
     weight = case.draw_dy().astype(np.float64)
     _, grads = case.run_grads("pynative", weight.astype(np.float32))
     arrays = {name: case.np[name].astype(np.float32).copy() for name in ("query", "key", "value", "pse")}

@@ -396,3 +396,27 @@ def test_public_sfa_dropout_uses_the_seed_it_reports(rng, mode):
     assert_close(got[0], want[0], "float16")
     assert_stats_close(got[1], want[1])
     assert int(got[6][0]) == 2 * 4 * 37 * 45
+
+
+class _SfaSbh(nn.Cell):
+    def construct(self, query, key, value):
+        return ops.speed_fusion_attention(query, key, value, 4, "SBH", scale=0.3, sparse_mode=2)
+
+
+@pytest.mark.parametrize("dynamic", [[None, None, 64], None])
+def test_infer_shape_with_unknown_dims_and_rank(rng, dynamic):
+    """Graph mode with dynamic dims / rank: the C++ InferShape gives every output's shape at run time (SBH's
+    statistics are (B, N1, S1, 8) with B the second axis)."""
+    net = _SfaSbh()
+    placeholder = Tensor(shape=dynamic, dtype=ms.float16)
+    net.set_inputs(placeholder, placeholder, placeholder)
+    q = round_to(rng.standard_normal((10, 2, 64)), "float16")
+    ms.set_context(mode=ms.GRAPH_MODE)
+    try:
+        got = [to_numpy(o) for o in net(Tensor(q, ms.float16), Tensor(q, ms.float16), Tensor(q, ms.float16))]
+    finally:
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+    assert [o.shape for o in got] == [(10, 2, 64), (2, 4, 10, 8), (2, 4, 10, 8), (1,), (1,), (1,), (1,)]
+    want = R.speed_fusion_attention(q, q, q, 4, "SBH", scale=0.3, sparse_mode=2)
+    assert_close(got[0], want[0], "float16")
+    assert_stats_close(got[1], want[1])

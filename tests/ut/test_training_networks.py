@@ -138,7 +138,8 @@ INSTALL_CODE = textwrap.dedent("""
     FUNCTIONS = {
         "flash_attention_score": ["mindspore.ops", "mindspore.ops.function", "mindspore.ops.functional",
                                   "mindspore.ops.function.nn_func", "mindspore.ops.auto_generate",
-                                  "mindspore.ops.auto_generate.gen_ops_def", "mindspore.ops.operations.manually_defined",
+                                  "mindspore.ops.auto_generate.gen_ops_def",
+                                  "mindspore.ops.operations.manually_defined",
                                   "mindspore.ops.operations.manually_defined.ops_def"],
         "speed_fusion_attention": ["mindspore.ops", "mindspore.ops.function", "mindspore.ops.functional",
                                    "mindspore.ops.function.nn_func"],

@@ -71,6 +71,8 @@ SPARSE = {
     "3_right_down": dict(sparse_mode=3),
     "4_band": dict(sparse_mode=4, pre_tokens=3, next_tokens=1, compressed=True),
     "4_negative_pre": dict(sparse_mode=4, pre_tokens=-1, next_tokens=5),
+    "4_int64_extremes_mask_all": dict(sparse_mode=4, pre_tokens=2 ** 63 - 1, next_tokens=-2 ** 63),
+    "4_int64_extremes_open": dict(sparse_mode=4, pre_tokens=2 ** 63 - 1, next_tokens=2 ** 63 - 1),
     "5_prefix": dict(sparse_mode=5, prefix=(3, 9)),
     "5_prefix_and_mask": dict(sparse_mode=5, prefix=(0, 12), mask=True),
     "6_prefix_compressed": dict(sparse_mode=6, prefix=(4, 1), compressed=True),
@@ -324,30 +326,43 @@ def test_generated_dropout_is_seeded_and_advances(mode):
 # ---- TND = padded BSH ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("op", [FAS_PRIMITIVE, SFA])
-def test_tnd_equals_one_bsh_call_per_batch(mode, op):
-    """The kernel's TND result, batch by batch, equals its BSH result on that batch alone (forward outputs and
-    gradients; a batch with no query rows gets zero key/value gradients)."""
+def test_tnd_equals_padded_bsh(mode, op):
+    """The kernel's TND result equals its BSH result on the same batches zero-padded to the longest lengths, where
+    a full mask (sparse_mode 1) discards the padding keys and applies each batch's right-down causal rule (TND's
+    sparse_mode 3): forward outputs, softmax statistics and gradients on the valid rows, zero gradients on the
+    padding and on a batch with no query rows."""
     q_lens, kv_lens = [3, 0, 5], [7, 4, 5]
-    tnd = TrainingCase(op, b=3, n1=4, n2=2, d=16, layout="TND", q_lens=q_lens, kv_lens=kv_lens, seed=15)
+    b, s1, s2 = 3, max(q_lens), max(kv_lens)
+    tnd = TrainingCase(op, b=b, n1=4, n2=2, d=16, layout="TND", q_lens=q_lens, kv_lens=kv_lens, seed=15)
     tnd.attrs["sparse_mode"] = 3
+    padded = TrainingCase(op, b=b, n1=4, n2=2, s1=s1, s2=s2, d=16, layout="BSH", seed=15)
+    for name, lens in (("query", q_lens), ("key", kv_lens), ("value", kv_lens)):
+        x = np.zeros_like(tnd.canon[name])
+        for i, n in enumerate(lens):
+            x[i, :, :n] = tnd.canon[name][i, :, :n]
+        padded.add(name, arrange(x, "BSH"), padded.dtype)
+    i, j = np.arange(s1)[:, None], np.arange(s2)[None, :]
+    mask = np.stack([(j > i + kv - q) | (j >= kv) for q, kv in zip(q_lens, kv_lens)])[:, None]
+    padded.add("attn_mask", mask, "bool")
+    padded.attrs["sparse_mode"] = 1
     dy = tnd.draw_dy()
     got, grads = tnd.run_grads(mode, dy)
+    dy_padded = np.zeros((b, s1) + dy.shape[1:])
     q0, k0 = np.concatenate([[0], np.cumsum(q_lens)]), np.concatenate([[0], np.cumsum(kv_lens)])
-    assert np.all(grads["key"][k0[1]:k0[2]] == 0) and np.all(grads["value"][k0[1]:k0[2]] == 0)
-    for b in (0, 2):
-        one = TrainingCase(op, b=1, n1=4, n2=2, s1=q_lens[b], s2=kv_lens[b], d=16, layout="BSH")
-        for name, start in (("query", q0), ("key", k0), ("value", k0)):
-            rows = tnd.np[name][start[b]:start[b + 1]]
-            one.add(name, rows.reshape(1, rows.shape[0], -1), one.dtype)
-        one.attrs["sparse_mode"] = 3
-        want, want_grads = one.run_grads(mode, dy[q0[b]:q0[b + 1]].reshape(1, q_lens[b], -1))
-        rows = slice(q0[b], q0[b + 1])
-        assert_close(got["attention_out"][rows].reshape(1, q_lens[b], -1), want["attention_out"], tnd.dtype)
-        np.testing.assert_allclose(got["softmax_max"][rows], want["softmax_max"][0].transpose(1, 0, 2),
+    for x in range(b):
+        dy_padded[x, :q_lens[x]] = dy[q0[x]:q0[x + 1]]
+    want, want_grads = padded.run_grads(mode, dy_padded.reshape(b, s1, -1))
+    for x in range(b):
+        q, kv = q_lens[x], kv_lens[x]
+        rows = slice(q0[x], q0[x + 1])
+        assert_close(got["attention_out"][rows], want["attention_out"][x, :q].reshape(q, 4, 16), tnd.dtype)
+        np.testing.assert_allclose(got["softmax_max"][rows], want["softmax_max"][x, :, :q].transpose(1, 0, 2),
                                    rtol=1e-6, atol=1e-6)
-        np.testing.assert_allclose(got["softmax_sum"][rows], want["softmax_sum"][0].transpose(1, 0, 2),
+        np.testing.assert_allclose(got["softmax_sum"][rows], want["softmax_sum"][x, :, :q].transpose(1, 0, 2),
                                    rtol=1e-5)
-        assert_close(grads["query"][rows].reshape(1, q_lens[b], -1), want_grads["query"], tnd.dtype, "dq")
+        assert_close(grads["query"][rows], want_grads["query"][x, :q].reshape(q, 4, 16), tnd.dtype, "dq")
         for name in ("key", "value"):
-            assert_close(grads[name][k0[b]:k0[b + 1]].reshape(1, kv_lens[b], -1), want_grads[name], tnd.dtype,
+            assert_close(grads[name][k0[x]:k0[x + 1]], want_grads[name][x, :kv].reshape(kv, 2, 16), tnd.dtype,
                          "d" + name)
+            assert np.all(want_grads[name][x, kv:] == 0), f"d{name} of padding keys"
+    assert np.all(grads["key"][k0[1]:k0[2]] == 0) and np.all(grads["value"][k0[1]:k0[2]] == 0)

@@ -1,9 +1,9 @@
 """numpy golden of flash_attention_score (FAS) and speed_fusion_attention (SFA), forward and backward.
 
-Float64 math, one batch and one head at a time, written to be read rather than to be fast (the contract is
-/work/notes/issue7_contract.md; SPEC §3 and §7). Arrays come in as numpy (fp16/bf16 values already widened);
-results are float64, except softmax_max / softmax_sum which are float32 as the operators return them. It does no
-validation: call it with inputs the operators accept.
+Float64 math, one batch and one head at a time, written to be read rather than to be fast (the semantics are
+those of docs/flash_attention_score.md and docs/speed_fusion_attention.md). Arrays come in as numpy (fp16/bf16
+values already widened); results are float64, except softmax_max / softmax_sum which are float32 as the operators
+return them. It does no validation: call it with inputs the operators accept.
 
 Positions: i is a query row and j a key column inside the window of their batch (the whole stored length outside
 TND). Sparse modes, masks, pse and the dropout mask all use these window-relative (i, j).
@@ -125,7 +125,8 @@ class _Batches:
         else:
             target[b] += rows
 
-    def query_layout(self, bnsd_or_tnd):
+    def to_layout(self, bnsd_or_tnd):
+        """A (B, N, S, D) result -> the call's layout; a TND one is already (T, N, D)."""
         return bnsd_or_tnd if self.tnd else _from_bnsd(bnsd_or_tnd, self.layout)
 
 
@@ -146,7 +147,8 @@ def _heads_of(key, head_dim, layout):
 # ---- masks ---------------------------------------------------------------------------------------------------
 
 def _discard_of_mode(mode, q_len, kv_len, pre, nxt, prefix_len, mask_given):
-    """Discarded (i, j) of a sparse mode on a q_len x kv_len window, before the user mask (SPEC §3 table)."""
+    """Discarded (i, j) of a sparse mode on a q_len x kv_len window, before the user mask (the sparse-mode table
+    of docs/flash_attention_score.md)."""
     i = np.arange(q_len)[:, None]
     j = np.arange(kv_len)[None, :]
     d = kv_len - q_len
@@ -169,11 +171,11 @@ def _discard_of_mode(mode, q_len, kv_len, pre, nxt, prefix_len, mask_given):
 def _batch_mode(mode, b, q_lens, kv_lens):
     """Modes 7 and 8 pick mode 3 / 2 per batch, and band mode 4 for one batch."""
     if mode == 7:
-        last = max(i for i in range(len(q_lens)) if q_lens[i] > 0) if (q_lens > 0).any() else -1
-        return 4 if b == last else 3
+        with_rows = np.flatnonzero(np.asarray(q_lens) > 0)
+        return 4 if with_rows.size and b == with_rows[-1] else 3
     if mode == 8:
-        first = min(i for i in range(len(kv_lens)) if kv_lens[i] > 0) if (kv_lens > 0).any() else -1
-        return 4 if b == first else 2
+        with_keys = np.flatnonzero(np.asarray(kv_lens) > 0)
+        return 4 if with_keys.size and b == with_keys[0] else 2
     return mode
 
 
@@ -423,7 +425,7 @@ def training_attention(query, key, value, *, head_num, input_layout="BSH", pse=N
         batches.put_rows(row_max, b, m_b)
         batches.put_rows(row_sum, b, l_b)
     stats = lambda x: np.repeat(x[..., None], 8, -1).astype(np.float32)
-    return batches.query_layout(out), stats(row_max), stats(row_sum)
+    return batches.to_layout(out), stats(row_max), stats(row_sum)
 
 
 def training_attention_grad(query, key, value, dy, softmax_max, softmax_sum, attention_in, *, head_num,
@@ -471,7 +473,7 @@ def training_attention_grad(query, key, value, dy, softmax_max, softmax_sum, att
         batches.put_rows(dq, b, dq_b)
         batches.add_kv_rows(dk, b, dk_b)
         batches.add_kv_rows(dv, b, dv_b)
-    return batches.query_layout(dq), batches.query_layout(dk), batches.query_layout(dv), dpse
+    return batches.to_layout(dq), batches.to_layout(dk), batches.to_layout(dv), dpse
 
 
 # ---- the operators -------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@
 
 #include "attention/numeric.h"
 #include "attention/problem.h"
+#include "attention/simd.h"
 
 namespace msa {
 
@@ -84,9 +85,21 @@ inline float BiasAt(const Problem &p, int64_t b, int64_t h, int64_t i, int64_t j
 }
 
 namespace detail {
+// dst[0, n) += factor * src[0, n), the source widened in registers.
 template <class T>
 inline void AddScaledRow(const T *src, int64_t n, float factor, float *dst) {
-  for (int64_t t = 0; t < n; ++t) dst[t] += factor * ToFloat(src[t]);
+  int64_t t = 0;
+#if defined(MSA_SIMD)
+  using namespace simd;
+  const Vec f = Set1(factor);
+  for (; t + kWidth <= n; t += kWidth) Store(dst + t, Fma(f, Load(src + t), Load(dst + t)));
+  if (t < n) {
+    const int rest = static_cast<int>(n - t);
+    Store(dst + t, Fma(f, Load(src + t, rest), Load(dst + t, rest)), rest);
+    return;
+  }
+#endif
+  for (; t < n; ++t) dst[t] += factor * ToFloat(src[t]);
 }
 }  // namespace detail
 
