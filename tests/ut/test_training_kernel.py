@@ -338,6 +338,8 @@ def test_kernel_rejects_bad_shapes(rng, layout):
     q, k, v = qkv(rng, "float16", layout=layout)
     with pytest.raises(RuntimeError, match="'head_num' is not greater than 0"):
         fas("pynative", q, k, v, 0, "float16", input_layout=layout)
+    with pytest.raises(RuntimeError, match="'scale_value' must be finite"):
+        fas("pynative", q, k, v, 4, "float16", input_layout=layout, scale=float("inf"))
     with pytest.raises(RuntimeError, match="'actual_seq_qlen' must be None"):
         fas("pynative", q, k, v, 4, "float16", input_layout=layout, actual_seq_qlen=[37, 37])
     k3, v3 = (to_layout(draw(rng, (2, 3, 45, 16), "float16"), layout) for _ in range(2))

@@ -33,6 +33,7 @@ Call ReadParameters(int nparam, void **params, int *ndims, int64_t **shapes, con
   a.prim = op::kPrimName;
   a.names.pse = "real_shift";
   a.names.mask = "attn_mask";
+  a.names.scale = "scale_value";
   Arg args[op::kNumParams];
   ReadArgs(a.prim, op::kNumParams, nparam, params, ndims, shapes, dtypes, args);
   const double *v = ReadAttrs(a.prim, args[in::kAttrs], op::kAttrVectorSize, op::kPresenceOffset, args,

@@ -27,7 +27,7 @@ namespace msa {
 
 // The argument names an operator uses in its messages.
 struct TrainingNames {
-  const char *pse = "pse", *mask = "atten_mask";
+  const char *pse = "pse", *mask = "atten_mask", *scale = "scale";
 };
 
 // The inputs and normalised attributes of a FAS / SFA / FAS-grad call. Absent optional inputs stay AbsentArg().
@@ -155,7 +155,7 @@ inline void ReadAttributes(Context &c, Problem *p) {
     Fail(c.prim, "the 'keep_prob' must be in (0, 1], but got %g.", a.keep_prob);
   }
   if (a.pse_type < 0 || a.pse_type > 3) Fail(c.prim, "the 'pse_type' must be in [0, 3], but got %lld.", (long long)a.pse_type);
-  if (!std::isfinite(a.scale)) Fail(c.prim, "the 'scale_value' must be finite, but got %g.", a.scale);
+  if (!std::isfinite(a.scale)) Fail(c.prim, "the '%s' must be finite, but got %g.", a.names.scale, a.scale);
   c.tnd = a.layout == abi::kTnd;
   p->N = a.head_num;
   p->scale = a.scale;
