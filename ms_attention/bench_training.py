@@ -8,6 +8,8 @@ backward as 2.5 times that (it recomputes Q.K^T and adds dO.V^T, dV, dK and dQ: 
 so forward + backward is 3.5 times the forward. The loss is sum(out * w) with a fixed random w, so dO is dense.
 Each step runs in Graph mode (an nn.Cell) and in PyNative; the forward alone is timed too, so the backward's
 share shows. PyNative's asynchronous waiter costs a long kernel a core on a small machine (bench_prefill.py).
+The fractions use the run's FMA peak, as the prefill rows do; the peak is measured again around this section and
+printed, since on a shared machine it can move between sections.
 """
 import time
 
@@ -15,7 +17,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn
 
-from ms_attention import ops
+from ms_attention import machine, ops
 
 SHAPE = (1, 16, 2048, 128, "bfloat16")  # B, N, S, D, dtype
 QUICK_SHAPE = (1, 16, 1024, 128, "bfloat16")
@@ -96,10 +98,15 @@ def run(fma_peak_gflops, quick=False):
           flush=True)
     shape = QUICK_SHAPE if quick else SHAPE
     rows = []
+    before = machine.fp32_fma_gflops()
     for mode in ("graph", "pynative"):
         for row in bench(*shape, mode=mode, repeats=2 if quick else 3):
             row["of_fma_peak"] = row["GFLOPs"] / fma_peak_gflops
             rows.append(row)
             print(f"{row['shape']:86s} {row['ms']:9.1f} ms  {row['GFLOPs']:7.1f} GFLOP/s  "
                   f"= {row['of_fma_peak']:.2f} x fp32 FMA peak", flush=True)
+    after = machine.fp32_fma_gflops()
+    if before and after:
+        print(f"training: fp32 FMA peak measured again around this section: {before:.0f} GFLOP/s before, "
+              f"{after:.0f} after (the run's: {fma_peak_gflops:.0f})", flush=True)
     return rows

@@ -33,6 +33,7 @@ Call ReadParameters(int nparam, void **params, int *ndims, int64_t **shapes, con
   a.prim = op::kPrimName;
   a.names.pse = "pse";
   a.names.mask = "attn_mask";
+  a.names.scale = "scale_value";
   a.allow_float32 = true;  // speed_fusion_attention's float32
   Arg args[op::kNumParams];
   ReadArgs(a.prim, op::kNumParams, nparam, params, ndims, shapes, dtypes, args);

@@ -98,7 +98,7 @@ struct GradScratch {
   float *ones;              // max(R, kGradKeys): unit corrections for ValueRows
   float *m, *inv_l, *dsum;  // M: per row of the unit's batch
   float *qa, *doa, *dq;     // M x D: the batch's queries times scale, output gradients (widened), dQ
-  static constexpr int kArrays = 22;
+  static constexpr int kArrays = 24;
   static int64_t Floats(int64_t R, int64_t M, int64_t D) {
     const int64_t K = kGradKeys;
     return 4 * K * D + 2 * R * D + 5 * K * R + 2 * R * K + 5 * R + std::max(R, K) + 3 * M + 3 * M * D +
@@ -222,16 +222,17 @@ inline simd::Vec KeepVisible(simd::Vec s, simd::Vec j, simd::Vec lo, simd::Vec h
 }
 #endif
 
-// How the visibility of a tile is decided.
-enum class TileKind {
-  kOpen,   // every key visible to every row: no test
-  kBand,   // only the band decides, per element from the rows' [lo, hi] (sc.lo / sc.hi)
-  kTerms,  // a mask, pse, ALiBi or dropout: the terms tile (and zt) from score_terms.h
+// What a tile applies to its scores: the terms tile (pse / ALiBi, and -inf where a mask or an open prefix decides
+// visibility), the band from the rows' [lo, hi] (sc.lo / sc.hi), the dropout factors (sc.zt). None: every key is
+// visible to every row.
+struct TileSteps {
+  bool terms = false, band = false, dropout = false;
 };
 
 // On keys [0, nk) x rows [0, R) of the tile: st (scale q.k) becomes Pd^T = P Z / keep_prob, dpt (dO . v) becomes
 // dS^T = P (dP - Dsum). j0: the block's first key; row r's max / (1 / sum) / Dsum in sc.bm / sc.bl / sc.bd.
-inline void TileGradients(const GradScratch &sc, int64_t R, int64_t nk, int64_t j0, TileKind kind, bool dropout) {
+inline void TileGradients(const GradScratch &sc, int64_t R, int64_t nk, int64_t j0, TileSteps steps) {
+  const bool dropout = steps.dropout;
 #if defined(MSA_SIMD)
   using namespace simd;
   for (int64_t j = 0; j < nk; ++j) {
@@ -240,8 +241,8 @@ inline void TileGradients(const GradScratch &sc, int64_t R, int64_t nk, int64_t 
     const Vec key = Set1(static_cast<float>(j0 + j));
     for (int64_t r = 0; r < R; r += kWidth) {
       Vec x = Load(s + r);
-      if (kind == TileKind::kTerms) x = Add(x, Load(terms + r));
-      if (kind == TileKind::kBand) x = KeepVisible(x, key, Load(sc.lo + r), Load(sc.hi + r));
+      if (steps.terms) x = Add(x, Load(terms + r));
+      if (steps.band) x = KeepVisible(x, key, Load(sc.lo + r), Load(sc.hi + r));
       const Vec prob = Mul(Exp(Sub(x, Load(sc.bm + r))), Load(sc.bl + r));
       Vec dprob = Load(dp + r), kept = prob;
       if (dropout) {
@@ -260,8 +261,8 @@ inline void TileGradients(const GradScratch &sc, int64_t R, int64_t nk, int64_t 
     const float key = static_cast<float>(j0 + j);
     for (int64_t r = 0; r < R; ++r) {
       float x = s[r];
-      if (kind == TileKind::kTerms) x += terms[r];
-      if (kind == TileKind::kBand && !(key >= sc.lo[r] && key <= sc.hi[r])) x = kNegInf;
+      if (steps.terms) x += terms[r];
+      if (steps.band && !(key >= sc.lo[r] && key <= sc.hi[r])) x = kNegInf;
       const float prob = x == kNegInf ? 0.f : std::exp(x - sc.bm[r]) * sc.bl[r];
       float dprob = dp[r], kept = prob;
       if (dropout) {
@@ -282,13 +283,15 @@ struct GradPlan {
   int64_t R = 0;           // rows of a row block, padded to kGradPanel
   int64_t M = 0;           // the most rows (positions x G) of a batch
   bool terms = false;      // every tile needs the score terms (mask, pse, ALiBi, dropout)
+  bool mask = false;       // a discard mask: visibility per element
   float *dpse = nullptr;   // float32 accumulator of dpse (pse's size), null when not computed
 };
 
-// The score terms of a tile, key-major in sc.terms (bias, or -inf where the key is not visible) and sc.zt
-// (Z / keep_prob), computed row by row with score_terms.h's row forms, then transposed. Padding rows get 0, Z 0.
+// The score terms of a tile, key-major in sc.terms (bias, and -inf where the key is not visible when `visibility`)
+// and sc.zt (Z / keep_prob), computed row by row with score_terms.h's row forms, then transposed. Padding rows get
+// 0, Z 0.
 inline void TileTerms(const Problem &p, int64_t b, int64_t kh, int64_t i0, int64_t nr, int64_t R, int64_t j0,
-                      int64_t nk, const GradScratch &sc) {
+                      int64_t nk, bool visibility, const GradScratch &sc) {
   const int64_t G = p.G, K = kGradKeys;
   for (int64_t r = 0; r < R; ++r) {
     float *row = sc.rm + r * K;
@@ -297,7 +300,7 @@ inline void TileTerms(const Problem &p, int64_t b, int64_t kh, int64_t i0, int64
     const int64_t h = kh * G + r % G, i = i0 + r / G;
     if (p.bias.data != nullptr) AddPseRow(p, b, h, i, j0, nk, row);
     if (p.alibi.enabled()) AddAlibiRow(p, b, h, i, j0, nk, row);
-    for (int64_t t = 0; t < nk; ++t) {
+    for (int64_t t = 0; visibility && t < nk; ++t) {
       if (!KeyVisible(p, b, h, i, j0 + t)) row[t] = kNegInf;
     }
   }
@@ -311,31 +314,37 @@ inline void TileTerms(const Problem &p, int64_t b, int64_t kh, int64_t i0, int64
   TransposeTile(sc.rm, K, R, K, sc.zt, R);
 }
 
-// dpse += factor * dS over the tile's elements (dS^T in sc.dpt), at the pse elements they read.
-inline void TileBiasGradient(const Problem &p, int64_t b, int64_t kh, int64_t i0, int64_t nr, int64_t R, int64_t j0,
-                             int64_t nk, const GradScratch &sc, float *dpse) {
+// dpse += factor * dS over the tile's elements (dS row-major in sc.ds), at the pse elements they read: a row's keys
+// read consecutive elements (a compressed pse's shifted row 0 included, up to its last column), as in AddPseRow.
+inline void TileBiasGradient(const Problem &p, int64_t b, int64_t kh, int64_t i0, int64_t nr, int64_t j0, int64_t nk,
+                             const GradScratch &sc, float *dpse) {
+  const ScoreBias &bias = p.bias;
   const int64_t G = p.G;
-  const float factor = p.bias.factor;
+  const float factor = bias.factor;
   for (int64_t r = 0; r < nr; ++r) {
-    const int64_t h = kh * G + r % G, i = i0 + r / G;
-    for (int64_t t = 0; t < nk; ++t) {
-      const float grad = sc.dpt[t * R + r];
-      if (grad == 0.f) continue;
-      const int64_t at = BiasOffset(p, b, h, i, j0 + t);
-      if (at >= 0) dpse[at] += factor * grad;
+    const int64_t h = kh * G + r % G, i = i0 + r / G, shifted = i + bias.compressed_rows - p.q_len[b];
+    int64_t n = nk, at = 0;
+    if (bias.compressed_rows > 0 && shifted < 0) {  // row 0 from column j0 - shifted
+      const int64_t col = j0 - shifted;
+      n = std::max<int64_t>(0, std::min(nk, bias.cols - col));
+      at = b * bias.batch + h * bias.head + col;
+    } else {
+      at = BiasOffset(p, b, h, i, j0);
     }
+    simd::ScaleAdd(dpse + at, 1.f, sc.ds + r * kGradKeys, factor, n);
   }
 }
 
-// How the tile of keys [j0, jl] and query positions [i0, il] of batch b decides visibility, without score terms.
-inline TileKind BandKind(const Problem &p, int64_t b, int64_t i0, int64_t il, int64_t j0, int64_t jl) {
+// How the band acts on the tile of keys [j0, jl] and query positions [i0, il] of batch b: not at all (0), through
+// each row's [lo, hi] (1), or per element (2: a band edge crosses the tile with open prefix keys in it, where a
+// row's visible keys need not be one range).
+inline int BandCrossing(const Problem &p, int64_t b, int64_t i0, int64_t il, int64_t j0, int64_t jl) {
   const Band &band = p.band;
-  if (!band.enabled()) return TileKind::kOpen;
+  if (!band.enabled()) return 0;
   const bool prefix = !band.open_keys.empty();
-  if (prefix && jl < band.open_keys[b]) return TileKind::kOpen;
-  if (j0 - il >= band.lo[b] && jl - i0 <= band.hi[b]) return TileKind::kOpen;
-  // a band edge crosses the tile; with open prefix keys in it the visible keys of a row need not be one range
-  return prefix && j0 < band.open_keys[b] ? TileKind::kTerms : TileKind::kBand;
+  if (prefix && jl < band.open_keys[b]) return 0;
+  if (j0 - il >= band.lo[b] && jl - i0 <= band.hi[b]) return 0;
+  return prefix && j0 < band.open_keys[b] ? 2 : 1;
 }
 
 // The query positions [*lo, *hi) of batch b that see some key of [j0, jl] (empty when *lo >= *hi).
@@ -439,10 +448,16 @@ void GradUnit(const Problem &p, const GradTensors &g, const GradPlan &plan, int6
         sc.bl[r] = real ? sc.inv_l[r0 + r] : 0.f;
         sc.bd[r] = real ? sc.dsum[r0 + r] : 0.f;
       }
-      TileKind kind = plan.terms ? TileKind::kTerms : BandKind(p, b, i0, i0 + np - 1, j0, jl);
-      if (kind == TileKind::kTerms) {
-        TileTerms(p, b, kh, i0, nr, R, j0, nk, sc);
-      } else if (kind == TileKind::kBand) {
+      // a discard mask, or the band with open prefix keys, is applied per element in the terms; a band alone
+      // through each row's [lo, hi]
+      const int crossing = BandCrossing(p, b, i0, i0 + np - 1, j0, jl);
+      const bool per_element = plan.mask || crossing == 2;
+      TileSteps steps;
+      steps.terms = plan.terms || per_element;
+      steps.band = crossing == 1 && !per_element;
+      steps.dropout = p.dropout.enabled();
+      if (steps.terms) TileTerms(p, b, kh, i0, nr, R, j0, nk, per_element, sc);
+      if (steps.band) {
         for (int64_t r = 0; r < R; ++r) {  // row i sees keys [i + lo, i + hi], clamped around the block
           const int64_t i = i0 + r / G;
           sc.lo[r] = static_cast<float>(std::max(j0 - 1, std::min(jl + 1, i + band.lo[b])));
@@ -452,12 +467,12 @@ void GradUnit(const Problem &p, const GradTensors &g, const GradPlan &plan, int6
       // S^T = K (scale Q)^T and dPd^T = V dO^T, then Pd^T and dS^T in place
       TileProducts(sc.kw, nk, sc.qt, R, D, sc.st, R);
       TileProducts(sc.vw, nk, sc.dot, R, D, sc.dpt, R);
-      TileGradients(sc, R, nk, j0, kind, p.dropout.enabled());
-      if (plan.dpse != nullptr) TileBiasGradient(p, b, kh, i0, nr, R, j0, nk, sc, plan.dpse);
+      TileGradients(sc, R, nk, j0, steps);
+      TransposeTile(sc.dpt, R, K, R, sc.ds, K);
+      if (plan.dpse != nullptr) TileBiasGradient(p, b, kh, i0, nr, j0, nk, sc, plan.dpse);
       // dV += Pd^T dO, dK += dS^T (scale Q), dQ += dS K (times scale when stored)
       AccumulateProducts(sc.dv, nk, sc.st, R, dow_rows, nr, D, sc.ones);
       AccumulateProducts(sc.dk, nk, sc.dpt, R, qw_rows, nr, D, sc.ones);
-      TransposeTile(sc.dpt, R, K, R, sc.ds, K);
       AccumulateProducts(dq_acc + r0 * D, nr, sc.ds, K, kw_rows, nk, D, sc.ones);
     }
     for (int64_t t = 0; t < nk; ++t) {
@@ -489,8 +504,8 @@ void RunGrad(const Problem &p, const GradTensors &g) {
   plan.block_pos = std::max<int64_t>(1, kGradRows / G);
   plan.R = (plan.block_pos * G + kGradPanel - 1) / kGradPanel * kGradPanel;
   for (int64_t b = 0; b < p.B; ++b) plan.M = std::max(plan.M, p.q_len[b] * G);
-  plan.terms = (p.mask.data != nullptr && !p.mask.additive) || p.bias.data != nullptr || p.alibi.enabled() ||
-               p.dropout.enabled();
+  plan.mask = p.mask.data != nullptr && !p.mask.additive;
+  plan.terms = plan.mask || p.bias.data != nullptr || p.alibi.enabled() || p.dropout.enabled();
   std::vector<float> dpse_acc;
   if (g.dpse != nullptr && p.bias.data != nullptr) {
     if (g.dpse_dtype == abi::kFloat32) {
