@@ -115,9 +115,10 @@ def flash_attention_score(query, key, value, head_num, real_shift=None, drop_mas
     Dropout (`keep_prob` < 1): with `drop_mask`, bit (j & 7) of byte [b, h, i, j >> 3] keeps (1) or drops (0)
     position (b, h, i, j); in TND bit ``base_b + (h * q_b + i) * kv_b + j`` of the flat mask, base_b = N1 · the
     sum of q·kv over the earlier batches. Without `drop_mask` the CPU kernel draws the mask itself from
-    MindSpore's default generator (the seed and offset it steps, as MindSpore's dropout functionals do), so
-    ``mindspore.manual_seed`` makes a run reproducible and each call draws a new mask; the backward regenerates
-    the same mask. (On Ascend, dropout without `drop_mask` is not supported by MindSpore.)
+    MindSpore's default generator (the offset it steps, as MindSpore's dropout functionals do; the seed given
+    to ``mindspore.set_seed`` when one was set), so ``mindspore.set_seed(s)`` then ``mindspore.manual_seed(s)``
+    make a run reproducible in every mode, and each call draws a new mask; the backward regenerates the same
+    mask. (On Ascend, dropout without `drop_mask` is not supported by MindSpore.)
 
     Constraints: the functional's keyword is `scalar_value` (sic) and it returns only attention_out; the
     primitive FlashAttentionScore returns (softmax_max, softmax_sum, softmax_out, attention_out). Gradients
@@ -1248,8 +1249,9 @@ def speed_fusion_attention(query, key, value, head_num, input_layout, *, pse=Non
     kv_b > 0 (mode 4). A row with no visible key gives 0.
 
     Dropout (`keep_prob` < 1): the keep mask is generated from (seed, offset), which the call draws from
-    MindSpore's default generator (as MindSpore's own functional does), so ``mindspore.manual_seed`` makes a run
-    reproducible and each call draws a new mask. The generator (bit-exact between the
+    MindSpore's default generator (as MindSpore's own functional does; the seed is the one given to
+    ``mindspore.set_seed`` when one was set), so ``mindspore.set_seed(s)`` then ``mindspore.manual_seed(s)`` make
+    a run reproducible in every mode, and each call draws a new mask. The generator (bit-exact between the
     forward, the backward and ms_attention.kernels.reference): with uint64 wraparound and
     ``mix64(x) = x ^= x >> 30; x *= 0xBF58476D1CE4E5B9; x ^= x >> 27; x *= 0x94D049BB133111EB; x ^= x >> 31``,
     ``stream = mix64(seed * 0x9E3779B97F4A7C15 + offset)``, ``row = mix64(stream ^ ((h * R + t) *
