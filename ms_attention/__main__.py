@@ -6,7 +6,8 @@ import sys
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m ms_attention")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="a Graph-mode decode loop over a paged KV cache, checked at the end")
+    demo = sub.add_parser("demo", help="Graph mode: prefill and decode over a paged KV cache, then a training "
+                                       "step and loop, each checked")
     demo.add_argument("--steps", type=int, default=48)
     bench = sub.add_parser("bench", help="the incre_flash_attention benchmark (see benchmarks/)")
     bench.add_argument("--quick", action="store_true")

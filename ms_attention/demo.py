@@ -1,4 +1,5 @@
-"""`python -m ms_attention demo`: a prefill then a decode loop in Graph mode over a paged KV cache.
+"""`python -m ms_attention demo`: a prefill then a decode loop in Graph mode over a paged KV cache, then a
+training step and a short training loop (demo_training.py).
 
 One attention layer with random, seeded weights, vLLM style. The prefill step takes the prompts of every
 sequence packed into one TND batch (ragged lengths), projects them to q, k, v, writes k and v into the paged cache
@@ -14,7 +15,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn
 from mindspore import ops as ms_ops
 
-from ms_attention import ops
+from ms_attention import demo_training, ops
 from ms_attention.kernels.cpu import loader
 from ms_attention.kernels.reference.fused_attention import fused_infer_attention_score as prefill_reference
 from ms_attention.kernels.reference.incre_flash_attention import incre_flash_attention as reference
@@ -143,4 +144,5 @@ def run(steps=48, seed=0, verbose=True):
         print(f"first step (graph compile) {latencies[0] * 1e3:.1f} ms; steady state median "
               f"{np.median(steady) * 1e3:.3f} ms/step over {len(steady)} steps")
         print(f"last step vs numpy reference: max abs error {err:.2e} -> {'OK' if ok else 'MISMATCH'}")
-    return ok and prefill_ok
+    training_ok = demo_training.run(verbose=verbose)
+    return ok and prefill_ok and training_ok
