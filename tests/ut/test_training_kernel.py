@@ -364,6 +364,19 @@ def test_kernel_rejects_bad_shapes(rng, layout):
             drop_mask=np.zeros((2, 4, 37, 5), np.uint8))
 
 
+@pytest.mark.parametrize("layout", ["BSH", "BNSD", "TND"])
+def test_query_of_the_wrong_rank_gets_the_kernels_message(rng, layout):
+    """A query whose rank does not fit the layout (a dynamic-rank graph lets one past the Python checks) must reach
+    the kernel's reader and its message, not fail in MindSpore's resize on a statistics shape of -1."""
+    q = draw(rng, (2, 4, 37, 16, 1) if layout == "BNSD" else (2, 37, 4, 16), "float16")
+    k = v = draw(rng, (45, 2, 16) if layout == "TND" else (2, 2, 45, 16), "float16")
+    lengths = dict(actual_seq_qlen=[37], actual_seq_kvlen=[45]) if layout == "TND" else {}
+    with pytest.raises(RuntimeError, match="'query' must be"):
+        fas("pynative", q, k, v, 4, "float16", input_layout=layout, **lengths)
+    with pytest.raises(RuntimeError, match="'query' must be"):
+        sfa("pynative", q, k, v, 4, layout, "float16", **lengths)
+
+
 # ---- through the public operators ----------------------------------------------------------------------------
 
 class _FasCell(nn.Cell):
