@@ -315,8 +315,8 @@ def test_generated_dropout_is_seeded_and_advances(mode):
     second = case.run_forward(mode, reseed=False)
     assert first["seed"][0] == second["seed"][0] == case.seed_offset[0]
     assert first["offset"][0] == 0 and second["offset"][0] > 0
-    if mode == "pynative":
-        assert case.seed_offset == (31, 0)
+    if mode == "pynative":   # the generator's seed, unless an earlier mindspore.set_seed (process-wide) fixed one
+        assert case.seed_offset == (31 if ms.get_seed() is None else ms.get_seed(), 0)
     assert not np.array_equal(first["attention_out"] == 0, second["attention_out"] == 0)
     ms.manual_seed(31)
     again = case.run_forward(mode, reseed=False)
