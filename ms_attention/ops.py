@@ -1341,6 +1341,8 @@ def speed_fusion_attention(query, key, value, head_num, input_layout, *, pse=Non
         RuntimeError: `atten_mask` or `pse` shape is not valid; `padding_mask` is given.
         RuntimeError: TND without `actual_seq_qlen` / `actual_seq_kvlen`, or with length vectors of different
             sizes; those lengths given with another layout; sparse_mode 5 or 6 without `prefix` of B values.
+        RuntimeError: with pse_type 2 / 3, |kv_start - q_start| + S1 + S2 is 2^24 or more (the ALiBi distances
+            would no longer be exact in float32; raised by the kernel).
         RuntimeError: a shape or length known only at run time (dynamic shapes, Tensor lengths in Graph mode) is
             not valid (raised by the kernel).
 

@@ -297,6 +297,20 @@ def test_sfa_alibi_per_batch_with_dropout(rng, mode):
     assert [int(x[0]) for x in got[4:]] == [5, 9, 2 * 4 * 37 * 45]
 
 
+
+def test_sfa_alibi_start_offsets_keep_distances_exact(rng, mode):
+    """ALiBi distances |j - i + kv_start - q_start| are float32 in the scores: up to 2^24 they are exact (and the
+    result is the reference's); past it consecutive distances would round together and the slope would be lost
+    silently, so the kernel refuses them."""
+    q, k, v = qkv(rng, "float16", layout="BSH")
+    slopes = (rng.random((4,)) * 2.0 ** -14).astype(np.float32)   # small: the bias stays ~1e3 near the limit
+    kw = dict(scale=0.3, pse_type=2, q_start_idx=[3], kv_start_idx=[2 ** 24 - 100])
+    got = sfa(mode, q, k, v, 4, "BSH", "float16", pse=slopes, **kw)
+    want = R.speed_fusion_attention(q, k, v, 4, "BSH", pse=slopes, **kw)
+    assert_close(got[0], want[0], "float16")
+    with pytest.raises(RuntimeError, match=r"below 2\^24.*'kv_start_idx' 16777216"):   # the kernel's, any mode
+        sfa("pynative", q, k, v, 4, "BSH", "float16", pse=slopes, pse_type=2, kv_start_idx=[2 ** 24])
+
 def test_sfa_tnd_numels(rng):
     q, k, v, cq, ckv = tnd(rng, "float16")
     got = sfa("pynative", q, k, v, 4, "TND", "float16", actual_seq_qlen=cq, actual_seq_kvlen=ckv, sparse_mode=8,
@@ -348,6 +362,19 @@ def test_kernel_rejects_bad_shapes(rng, layout):
     with pytest.raises(RuntimeError, match="'drop_mask' needs the key length S2 to be a multiple of 8"):
         fas("pynative", q, k, v, 4, "float16", input_layout=layout, keep_prob=0.5,
             drop_mask=np.zeros((2, 4, 37, 5), np.uint8))
+
+
+@pytest.mark.parametrize("layout", ["BSH", "BNSD", "TND"])
+def test_query_of_the_wrong_rank_gets_the_kernels_message(rng, layout):
+    """A query whose rank does not fit the layout (a dynamic-rank graph lets one past the Python checks) must reach
+    the kernel's reader and its message, not fail in MindSpore's resize on a statistics shape of -1."""
+    q = draw(rng, (2, 4, 37, 16, 1) if layout == "BNSD" else (2, 37, 4, 16), "float16")
+    k = v = draw(rng, (45, 2, 16) if layout == "TND" else (2, 2, 45, 16), "float16")
+    lengths = dict(actual_seq_qlen=[37], actual_seq_kvlen=[45]) if layout == "TND" else {}
+    with pytest.raises(RuntimeError, match="'query' must be"):
+        fas("pynative", q, k, v, 4, "float16", input_layout=layout, **lengths)
+    with pytest.raises(RuntimeError, match="'query' must be"):
+        sfa("pynative", q, k, v, 4, layout, "float16", **lengths)
 
 
 # ---- through the public operators ----------------------------------------------------------------------------

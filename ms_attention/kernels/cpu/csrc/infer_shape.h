@@ -101,14 +101,17 @@ inline std::vector<int64_t> SoftmaxLseShape(const std::vector<int64_t> &query, i
 namespace msa {
 
 // softmax_max / softmax_sum of the training ops: float32 (B, N1, S1, 8), or (T1, N1, 8) in TND, with B and S1
-// taken from the query in its layout (SBH is (S1, B, H)); unknown dims stay -1.
+// taken from the query in its layout (SBH is (S1, B, H)); unknown dims stay -1. A query of a known rank that does
+// not fit the layout (only a dynamic-rank graph lets one through the Python checks) gets empty statistics, so
+// that the kernel runs and fails with its own message rather than MindSpore's "Resize failed" on a -1 shape.
 inline std::vector<int64_t> TrainingStatsShape(const std::vector<int64_t> &query, int layout, int64_t head_num) {
   constexpr int64_t kWidth = 8;
   const bool known = RankKnown(query);
-  if (layout == abi::kTnd) return {known && query.size() == 3 ? query[0] : -1, head_num, kWidth};
-  int64_t batch = -1, seq = -1;
   const size_t rank = layout == abi::kBnsd || layout == abi::kBsnd ? 4 : 3;
-  if (known && query.size() == rank) {
+  const bool misfit = known && query.size() != rank;
+  if (layout == abi::kTnd) return {misfit ? 0 : known ? query[0] : -1, head_num, kWidth};
+  int64_t batch = misfit ? 0 : -1, seq = misfit ? 0 : -1;
+  if (known && !misfit) {
     batch = layout == abi::kSbh ? query[1] : query[0];
     seq = layout == abi::kSbh ? query[0] : layout == abi::kBnsd ? query[2] : query[1];
   }

@@ -126,7 +126,7 @@ inline void AddPseRow(const Problem &p, int64_t b, int64_t h, int64_t i, int64_t
 // s[0, n) += ALiBi of row (b, h, i), keys [j, j + n).
 inline void AddAlibiRow(const Problem &p, int64_t b, int64_t h, int64_t i, int64_t j, int64_t n, float *s) {
   const float neg_slope = -AlibiSlope(p, b, h);
-  const float d0 = static_cast<float>(j - i + p.alibi.shift);  // exact: |distances| are far below 2^24
+  const float d0 = static_cast<float>(j - i + p.alibi.shift);  // exact: the reader keeps |distances| below 2^24
   if (p.alibi.sqrt) {
     for (int64_t t = 0; t < n; ++t) s[t] += neg_slope * std::sqrt(std::fabs(d0 + static_cast<float>(t)));
   } else {

@@ -49,6 +49,7 @@ namespace training {
 constexpr int64_t kMaxHeadDim = 512;          // FAS documents D <= 512
 constexpr int64_t kCompressedPseRows = 1024;  // the compressed ALiBi rows of sparse modes 2 / 3
 constexpr int64_t kNoLimit = int64_t(1) << 40;
+constexpr int64_t kExactAlibiDistance = int64_t(1) << 24;  // float32 holds every integer up to it
 
 struct Context {
   const TrainingArgs &a;
@@ -407,9 +408,14 @@ inline void ReadPse(const Context &c, Problem *p) {
     alibi.sqrt = a.pse_type == 3;
     const int64_t q0 = a.q_start_idx.present() ? ReadScalarTensor(c, "q_start_idx", a.q_start_idx) : 0;
     const int64_t k0 = a.kv_start_idx.present() ? ReadScalarTensor(c, "kv_start_idx", a.kv_start_idx) : 0;
-    if (std::llabs(q0) > kNoLimit || std::llabs(k0) > kNoLimit) {
-      Fail(c.prim, "the 'q_start_idx' %lld and 'kv_start_idx' %lld must be within +-2^40.", (long long)q0,
-           (long long)k0);
+    // The scores hold -slope * |j - i + shift| in float32: beyond 2^24 consecutive distances round to the same
+    // value and the ALiBi slope is silently lost, so such offsets are refused rather than computed wrongly.
+    const int64_t longest = c.tnd ? LongestQuery(*p) + LongestKeys(*p) : p->Sq + c.S2;
+    if (std::llabs(q0) > kExactAlibiDistance || std::llabs(k0) > kExactAlibiDistance ||
+        std::llabs(k0 - q0) + longest > kExactAlibiDistance) {
+      Fail(c.prim, "the ALiBi distances |j - i + kv_start_idx - q_start_idx| must stay below 2^24 (exact in "
+           "float32), but got 'q_start_idx' %lld and 'kv_start_idx' %lld with sequence lengths up to %lld.",
+           (long long)q0, (long long)k0, (long long)longest);
     }
     alibi.shift = k0 - q0;
     return;
