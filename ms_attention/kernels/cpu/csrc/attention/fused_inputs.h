@@ -62,6 +62,32 @@ struct FusedArgs {
   bool lse_flag = false;
 };
 
+// Cumulative lengths (TND): non-decreasing, non-negative, the last equal to the total; returns per-batch
+// starts and lengths. Shared by every reader of a TND call (fused and training attention).
+inline void ReadCumulative(const char *prim, const char *name, const Arg &a, int64_t total,
+                           std::vector<int64_t> *start, std::vector<int64_t> *len) {
+  CheckDType(prim, name, a, {abi::kInt32, abi::kInt64});
+  if (a.ndim != 1 || a.dim(0) < 1) {
+    Fail(prim, "the '%s' must be a 1-D sequence of cumulative lengths in layout TND, but got shape %s.", name,
+         a.ShapeString().c_str());
+  }
+  int64_t prev = 0;
+  for (int64_t b = 0; b < a.dim(0); ++b) {
+    const int64_t x = ReadInt(a, b);
+    if (x < prev) {
+      Fail(prim, "the '%s' must be non-decreasing cumulative lengths in layout TND, but got %lld after %lld "
+           "(batch %lld).", name, (long long)x, (long long)prev, (long long)b);
+    }
+    start->push_back(prev);
+    len->push_back(x - prev);
+    prev = x;
+  }
+  if (prev != total) {
+    Fail(prim, "the last value of '%s' must equal the number of tokens T = %lld in layout TND, but got %lld.", name,
+         (long long)total, (long long)prev);
+  }
+}
+
 namespace fused {
 
 constexpr int64_t kCompressedMask = 2048;  // side of the compressed mask of sparse modes 2-4
@@ -91,31 +117,6 @@ inline void ReadTnd(const Context &c, const char *name, const Arg &a, int64_t he
 
 inline RowStrides TndStrides(int64_t heads, int64_t D) { return {0, D, heads * D}; }
 
-// Cumulative lengths (TND): non-decreasing, non-negative, the last equal to the total; returns per-batch
-// starts and lengths.
-inline void ReadCumulative(const Context &c, const char *name, const Arg &a, int64_t total, std::vector<int64_t> *start,
-                           std::vector<int64_t> *len) {
-  CheckDType(c.prim, name, a, {abi::kInt32, abi::kInt64});
-  if (a.ndim != 1 || a.dim(0) < 1) {
-    Fail(c.prim, "the '%s' must be a 1-D sequence of cumulative lengths in layout TND, but got shape %s.", name,
-         a.ShapeString().c_str());
-  }
-  int64_t prev = 0;
-  for (int64_t b = 0; b < a.dim(0); ++b) {
-    const int64_t x = ReadInt(a, b);
-    if (x < prev) {
-      Fail(c.prim, "the '%s' must be non-decreasing cumulative lengths in layout TND, but got %lld after %lld "
-           "(batch %lld).", name, (long long)x, (long long)prev, (long long)b);
-    }
-    start->push_back(prev);
-    len->push_back(x - prev);
-    prev = x;
-  }
-  if (prev != total) {
-    Fail(c.prim, "the last value of '%s' must equal the number of tokens T = %lld in layout TND, but got %lld.", name,
-         (long long)total, (long long)prev);
-  }
-}
 
 inline void ReadAttributes(Context &c, Problem *p) {
   const FusedArgs &a = c.a;
@@ -287,7 +288,7 @@ inline void ReadWindows(Context &c, Problem *p) {
   KvCache &kv = p->kv;
   if (c.tnd) {
     if (!a.seq_q.present()) Fail(c.prim, "the '%s' is required in layout TND.", nm.seq_q);
-    ReadCumulative(c, nm.seq_q, a.seq_q, p->Sq, &p->q_start, &p->q_len);
+    ReadCumulative(c.prim, nm.seq_q, a.seq_q, p->Sq, &p->q_start, &p->q_len);
     p->B = static_cast<int64_t>(p->q_len.size());
     if (!a.seq_kv.present()) Fail(c.prim, "the '%s' is required in layout TND.", nm.seq_kv);
     if (kv.paged) {
@@ -296,7 +297,7 @@ inline void ReadWindows(Context &c, Problem *p) {
       p->kv_len = ReadSeqLengths(c.prim, nm.seq_kv, a.seq_kv, p->B, kv.stored_len);
       p->kv_start.assign(p->B, 0);
     } else {
-      ReadCumulative(c, nm.seq_kv, a.seq_kv, c.T_kv, &p->kv_start, &p->kv_len);
+      ReadCumulative(c.prim, nm.seq_kv, a.seq_kv, c.T_kv, &p->kv_start, &p->kv_len);
       if (static_cast<int64_t>(p->kv_len.size()) != p->B) {
         Fail(c.prim, "the '%s' must hold B = %lld values (as '%s') in layout TND, but got %zu.", nm.seq_kv,
              (long long)p->B, nm.seq_q, p->kv_len.size());

@@ -212,31 +212,6 @@ inline void ReadQueryKeyValue(Context &c, Problem *p) {
   c.S2 = k.S;
 }
 
-// TND: cumulative lengths, non-decreasing, the last equal to the token count; returns per-batch starts/lengths.
-inline void ReadCumulative(const Context &c, const char *name, const Arg &a, int64_t total,
-                           std::vector<int64_t> *start, std::vector<int64_t> *len) {
-  CheckDType(c.prim, name, a, {abi::kInt64, abi::kInt32});
-  if (a.ndim != 1 || a.dim(0) < 1) {
-    Fail(c.prim, "the '%s' must be a 1-D sequence of cumulative lengths in layout TND, but got shape %s.", name,
-         a.ShapeString().c_str());
-  }
-  int64_t prev = 0;
-  for (int64_t b = 0; b < a.dim(0); ++b) {
-    const int64_t x = ReadInt(a, b);
-    if (x < prev) {
-      Fail(c.prim, "the '%s' must be non-decreasing cumulative lengths in layout TND, but got %lld after %lld "
-           "(batch %lld).", name, (long long)x, (long long)prev, (long long)b);
-    }
-    start->push_back(prev);
-    len->push_back(x - prev);
-    prev = x;
-  }
-  if (prev != total) {
-    Fail(c.prim, "the last value of '%s' must equal the number of tokens T = %lld in layout TND, but got %lld.", name,
-         (long long)total, (long long)prev);
-  }
-}
-
 // The per-batch windows: the stored sequences, or the cumulative lengths of TND (kv_b = 0 is rejected).
 inline void ReadWindows(const Context &c, Problem *p) {
   const TrainingArgs &a = c.a;
@@ -251,8 +226,8 @@ inline void ReadWindows(const Context &c, Problem *p) {
   }
   if (!a.seq_q.present()) Fail(c.prim, "the 'actual_seq_qlen' is required in layout TND.");
   if (!a.seq_kv.present()) Fail(c.prim, "the 'actual_seq_kvlen' is required in layout TND.");
-  ReadCumulative(c, "actual_seq_qlen", a.seq_q, p->Sq, &p->q_start, &p->q_len);
-  ReadCumulative(c, "actual_seq_kvlen", a.seq_kv, c.S2, &p->kv_start, &p->kv_len);
+  ReadCumulative(c.prim, "actual_seq_qlen", a.seq_q, p->Sq, &p->q_start, &p->q_len);
+  ReadCumulative(c.prim, "actual_seq_kvlen", a.seq_kv, c.S2, &p->kv_start, &p->kv_len);
   if (p->kv_len.size() != p->q_len.size()) {
     Fail(c.prim, "the 'actual_seq_kvlen' must hold as many values as 'actual_seq_qlen' (%zu) in layout TND, but "
          "got %zu.", p->q_len.size(), p->kv_len.size());
