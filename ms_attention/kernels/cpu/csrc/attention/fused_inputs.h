@@ -716,16 +716,6 @@ inline void CheckLimits(const Context &c, const Problem &p) {
   }
 }
 
-inline void CheckShape(const Context &c, const char *name, const Arg &a, const std::vector<int64_t> &shape) {
-  bool same = a.ndim == static_cast<int>(shape.size());
-  for (int d = 0; same && d < a.ndim; ++d) same = a.dim(d) == shape[d];
-  if (!same) {
-    std::string want = "(";
-    for (size_t d = 0; d < shape.size(); ++d) want += (d ? ", " : "") + std::to_string(shape[d]);
-    Fail(c.prim, "the %s must have shape %s), but got %s.", name, want.c_str(), a.ShapeString().c_str());
-  }
-}
-
 // attention_out (and softmax_lse when the operator has one).
 inline void ReadOutputs(const Context &c, Problem *p) {
   const FusedArgs &a = c.a;
@@ -737,7 +727,7 @@ inline void ReadOutputs(const Context &c, Problem *p) {
   }
   std::vector<int64_t> shape(q.shape, q.shape + q.ndim);
   if (a.layout == abi::kBnsdBsnd) shape = {q.dim(0), q.dim(2), q.dim(1), q.dim(3)};
-  CheckShape(c, "attention_out", out, shape);
+  CheckShape(c.prim, "attention_out", out, shape);
   p->out = out.data;
   p->out_dtype = out.dtype;
   p->out_numel = out.numel();
@@ -745,14 +735,14 @@ inline void ReadOutputs(const Context &c, Problem *p) {
   if (!a.lse.present()) return;  // PFA
   CheckDType(c.prim, "softmax_lse", a.lse, {abi::kFloat32});
   if (!a.lse_flag) {
-    CheckShape(c, "softmax_lse", a.lse, {1});
+    CheckShape(c.prim, "softmax_lse", a.lse, {1});
     return;
   }
   if (c.tnd) {
-    CheckShape(c, "softmax_lse", a.lse, {p->Sq, p->N, 1});
+    CheckShape(c.prim, "softmax_lse", a.lse, {p->Sq, p->N, 1});
     p->lse_rows = {0, 1, p->N};
   } else {
-    CheckShape(c, "softmax_lse", a.lse, {p->B, p->N, p->Sq, 1});
+    CheckShape(c.prim, "softmax_lse", a.lse, {p->B, p->N, p->Sq, 1});
     p->lse_rows = {p->N * p->Sq, p->Sq, 1};
   }
   p->lse = static_cast<float *>(a.lse.data);

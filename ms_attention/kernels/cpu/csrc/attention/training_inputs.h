@@ -489,17 +489,6 @@ inline RowStrides StatsRows(const Context &c, const Problem &p) {
   return {p.N * p.Sq * kStatsWidth, p.Sq * kStatsWidth, kStatsWidth};
 }
 
-inline void CheckShape(const Context &c, const char *name, const Arg &a, const std::vector<int64_t> &shape) {
-  bool same = a.ndim == static_cast<int>(shape.size());
-  for (int d = 0; same && d < a.ndim; ++d) same = a.dim(d) == shape[d];
-  if (!same) {
-    std::string want = "(";
-    for (size_t d = 0; d < shape.size(); ++d) want += (d ? ", " : "") + std::to_string(shape[d]);
-    Fail(c.prim, "the '%s' must have shape %s%s, but got %s.", name, want.c_str(), shape.size() == 1 ? ",)" : ")",
-         a.ShapeString().c_str());
-  }
-}
-
 }  // namespace training
 
 // Every input of a FAS / SFA / FAS-grad call, validated, as the core's Problem (outputs not yet set: the caller
@@ -529,7 +518,7 @@ inline void CheckQueryShaped(const TrainingArgs &a, const char *name, const Arg 
 inline RowStrides CheckSoftmaxStats(const TrainingArgs &a, const Problem &p, const char *name, const Arg &x) {
   training::Context c{a, a.prim, a.layout == abi::kTnd};
   CheckDType(a.prim, name, x, {abi::kFloat32});
-  training::CheckShape(c, name, x, training::StatsShape(c, p));
+  CheckShape(c.prim, name, x, training::StatsShape(c, p));
   return training::StatsRows(c, p);
 }
 
@@ -551,7 +540,7 @@ inline void ReadForwardOutputs(const TrainingArgs &a, const Arg &out, const Arg 
 inline void CheckSoftmaxOut(const TrainingArgs &a, const Arg &x) {
   training::Context c{a, a.prim};
   CheckDTypeIs(a.prim, "softmax_out", x, a.query.dtype, "query");
-  training::CheckShape(c, "softmax_out", x, {1});
+  CheckShape(c.prim, "softmax_out", x, {1});
 }
 
 // Writes the placeholder's 0 (of a checked softmax_out).

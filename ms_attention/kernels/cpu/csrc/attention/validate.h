@@ -108,6 +108,18 @@ inline void CheckSameShape(const char *prim, const char *name_a, const Arg &a, c
   }
 }
 
+// The tensor has exactly this shape.
+inline void CheckShape(const char *prim, const char *name, const Arg &a, const std::vector<int64_t> &shape) {
+  bool same = a.ndim == static_cast<int>(shape.size());
+  for (int d = 0; same && d < a.ndim; ++d) same = a.dim(d) == shape[d];
+  if (!same) {
+    std::string want = "(";
+    for (size_t d = 0; d < shape.size(); ++d) want += (d ? ", " : "") + std::to_string(shape[d]);
+    Fail(prim, "the '%s' must have shape %s%s, but got %s.", name, want.c_str(), shape.size() == 1 ? ",)" : ")",
+         a.ShapeString().c_str());
+  }
+}
+
 // One element of a float16 / bfloat16 / float32 tensor.
 inline float ReadFloat(const Arg &a, int64_t i) {
   switch (a.dtype) {
