@@ -21,6 +21,8 @@
 // block; nothing is S x S. dpse
 // accumulates in a float32 buffer of the pse's size (the pse itself when it is float32), converted at the end.
 // All scratch is allocated once per call, before the parallel region.
+// bfloat16 on a CPU with AVX512_BF16 takes its own unit (GradUnitBf16, below): the same tiles, with vdpbf16ps
+// micro-GEMMs on bf16 operands instead of the widened float32 ones.
 #pragma once
 
 #include <algorithm>
@@ -28,6 +30,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "attention/numeric.h"
@@ -288,16 +291,18 @@ struct GradPlan {
 };
 
 // The score terms of a tile, key-major in sc.terms (bias, and -inf where the key is not visible when `visibility`)
-// and sc.zt (Z / keep_prob), computed row by row with score_terms.h's row forms, then transposed. Padding rows get
-// 0, Z 0.
-inline void TileTerms(const Problem &p, int64_t b, int64_t kh, int64_t i0, int64_t nr, int64_t R, int64_t j0,
-                      int64_t nk, bool visibility, const GradScratch &sc) {
+// and sc.zt (Z / keep_prob), computed row by row with score_terms.h's row forms, then transposed. The tile's rows
+// are rows [r0, r0 + nr) of the unit (row r: position r / G, head kh * G + r % G), padded to R; padding rows get
+// 0, Z 0. Scratch: any scratch with K x R `terms` / `zt` and R x K `rm` (R and K multiples of the vector width).
+template <class Scratch>
+inline void TileTerms(const Problem &p, int64_t b, int64_t kh, int64_t r0, int64_t nr, int64_t R, int64_t j0,
+                      int64_t nk, bool visibility, const Scratch &sc) {
   const int64_t G = p.G, K = kGradKeys;
   for (int64_t r = 0; r < R; ++r) {
     float *row = sc.rm + r * K;
     std::fill(row, row + K, 0.f);
     if (r >= nr) continue;
-    const int64_t h = kh * G + r % G, i = i0 + r / G;
+    const int64_t h = kh * G + (r0 + r) % G, i = (r0 + r) / G;
     if (p.bias.data != nullptr) AddPseRow(p, b, h, i, j0, nk, row);
     if (p.alibi.enabled()) AddAlibiRow(p, b, h, i, j0, nk, row);
     for (int64_t t = 0; visibility && t < nk; ++t) {
@@ -309,20 +314,21 @@ inline void TileTerms(const Problem &p, int64_t b, int64_t kh, int64_t i0, int64
   for (int64_t r = 0; r < R; ++r) {
     float *row = sc.rm + r * K;
     std::fill(row, row + K, r < nr ? 1.f : 0.f);
-    if (r < nr) ApplyDropoutRow(p.dropout, b, kh * G + r % G, i0 + r / G, j0, nk, row);
+    if (r < nr) ApplyDropoutRow(p.dropout, b, kh * G + (r0 + r) % G, (r0 + r) / G, j0, nk, row);
   }
   TransposeTile(sc.rm, K, R, K, sc.zt, R);
 }
 
-// dpse += factor * dS over the tile's elements (dS row-major in sc.ds), at the pse elements they read: a row's keys
-// read consecutive elements (a compressed pse's shifted row 0 included, up to its last column), as in AddPseRow.
-inline void TileBiasGradient(const Problem &p, int64_t b, int64_t kh, int64_t i0, int64_t nr, int64_t j0, int64_t nk,
-                             const GradScratch &sc, float *dpse) {
+// dpse += factor * dS over the tile's elements (dS row-major in ds, kGradKeys per row; rows [r0, r0 + nr) of the
+// unit), at the pse elements they read: a row's keys read consecutive elements (a compressed pse's shifted row 0
+// included, up to its last column), as in AddPseRow.
+inline void TileBiasGradient(const Problem &p, int64_t b, int64_t kh, int64_t r0, int64_t nr, int64_t j0, int64_t nk,
+                             const float *ds, float *dpse) {
   const ScoreBias &bias = p.bias;
   const int64_t G = p.G;
   const float factor = bias.factor;
   for (int64_t r = 0; r < nr; ++r) {
-    const int64_t h = kh * G + r % G, i = i0 + r / G, shifted = i + bias.compressed_rows - p.q_len[b];
+    const int64_t h = kh * G + (r0 + r) % G, i = (r0 + r) / G, shifted = i + bias.compressed_rows - p.q_len[b];
     int64_t n = nk, at = 0;
     if (bias.compressed_rows > 0 && shifted < 0) {  // row 0 from column j0 - shifted
       const int64_t col = j0 - shifted;
@@ -331,7 +337,7 @@ inline void TileBiasGradient(const Problem &p, int64_t b, int64_t kh, int64_t i0
     } else {
       at = BiasOffset(p, b, h, i, j0);
     }
-    simd::ScaleAdd(dpse + at, 1.f, sc.ds + r * kGradKeys, factor, n);
+    simd::ScaleAdd(dpse + at, 1.f, ds + r * kGradKeys, factor, n);
   }
 }
 
@@ -456,7 +462,7 @@ void GradUnit(const Problem &p, const GradTensors &g, const GradPlan &plan, int6
       steps.terms = plan.terms || per_element;
       steps.band = crossing == 1 && !per_element;
       steps.dropout = p.dropout.enabled();
-      if (steps.terms) TileTerms(p, b, kh, i0, nr, R, j0, nk, per_element, sc);
+      if (steps.terms) TileTerms(p, b, kh, r0, nr, R, j0, nk, per_element, sc);
       if (steps.band) {
         for (int64_t r = 0; r < R; ++r) {  // row i sees keys [i + lo, i + hi], clamped around the block
           const int64_t i = i0 + r / G;
@@ -469,7 +475,7 @@ void GradUnit(const Problem &p, const GradTensors &g, const GradPlan &plan, int6
       TileProducts(sc.vw, nk, sc.dot, R, D, sc.dpt, R);
       TileGradients(sc, R, nk, j0, steps);
       TransposeTile(sc.dpt, R, K, R, sc.ds, K);
-      if (plan.dpse != nullptr) TileBiasGradient(p, b, kh, i0, nr, j0, nk, sc, plan.dpse);
+      if (plan.dpse != nullptr) TileBiasGradient(p, b, kh, r0, nr, j0, nk, sc.ds, plan.dpse);
       // dV += Pd^T dO, dK += dS^T (scale Q), dQ += dS K (times scale when stored)
       AccumulateProducts(sc.dv, nk, sc.st, R, dow_rows, nr, D, sc.ones);
       AccumulateProducts(sc.dk, nk, sc.dpt, R, qw_rows, nr, D, sc.ones);
@@ -490,7 +496,384 @@ void GradUnit(const Problem &p, const GradTensors &g, const GradPlan &plan, int6
   }
 }
 
+// ---- bfloat16 with AVX512_BF16: the five products as vdpbf16ps micro-GEMMs -------------------------------
+//
+// For bfloat16 inputs on a CPU with AVX512_BF16 the products take the bf16 values themselves: vdpbf16ps
+// multiplies pairs of bf16 exactly and accumulates in float32 (contract decision 3). S = scale * (q . k) and
+// dP = dO . v take the raw bf16 operands (scale applied to the float32 scores), at 32 multiply-adds per
+// instruction. Pd = P * Z / keep_prob and dS are float32 results: rounded to one bf16 they fail the gradient
+// tolerances (a gradient element is a sum with cancellation, 2^-9 relative error per term shows at atol 1e-4),
+// so they enter dV += Pd^T dO, dK += dS^T q and dQ += dS k as the sum of two bf16 (high part, and the rounded
+// rest), about 16 bits: two vdpbf16ps per pair, 16 multiply-adds per instruction like an fp32 FMA, with the
+// other operand read as bf16. dK and dQ are scaled when stored. vdpbf16ps takes a pair of consecutive elements
+// of the reduced dimension in each 32-bit lane, so every operand is held in pairs:
+//   A (broadcast, one pair per multiply): key / value rows (pairs along d), Pd^T and dS^T key-major (pairs along
+//     rows), dS in row pairs of keys (dsp: [key pair][row]);
+//   B (16 lanes): the unit's queries and output gradients "transposed" in panels of 16 rows (qt / dt: [panel][d
+//     pair][16 rows]) for S^T and dP^T, and "row-paired" (qr / dr: [row pair][Dv columns]) for dK and dV; the key
+//     block key-paired (kr: [key pair][Dv columns]) for dQ.
+// The unit's rows are packed once (every key block reads them again); row blocks start on 16-row panels, so a
+// tile's rows need not begin at a query position's first head: each row's position and head are r / G, r % G.
+// D is padded with zeros to Dp (even) in the pairs along d and to Dv (a multiple of 16) in the column vectors.
+#if defined(MSA_SIMD_AVX512) && defined(__AVX512BF16__)
+#define MSA_GRAD_BF16_DOT 1
+
+constexpr int64_t kBf16Rows = 64;  // rows of a tile (whole 16-row panels)
+
+// The A operand of a micro-GEMM: bf16 pairs (one 32-bit word each), pair t of row m at a[m * m_step + t * t_step];
+// with `lo` != 0 each value is the sum of two bf16, the second parts at a + lo (a float32 operand split into
+// high and low bf16, which keeps it to about 16 bits).
+struct PairsA {
+  const uint32_t *a;
+  int64_t m_step, t_step, lo;
+};
+
+// c[m * ldc + 16 v + lane] (+)= sum_{t < steps} A(m, t) . b[t * b_t + v * b_v + 2 lane, + 2), for m < MR, v < NV:
+// b holds 16-lane vectors of bf16 pairs (b_t, b_v in bf16 elements). The MR broadcast pairs (2 MR when split)
+// stay in registers while each b vector is loaded once.
+template <int MR, int NV, bool kAccumulate, bool kSplit>
+inline void DotBlock(PairsA A, const uint16_t *b, int64_t b_t, int64_t b_v, int64_t steps, float *c, int64_t ldc) {
+  __m512 acc[MR][NV];
+  for (int m = 0; m < MR; ++m) {
+    for (int v = 0; v < NV; ++v) acc[m][v] = kAccumulate ? _mm512_loadu_ps(c + m * ldc + v * 16) : _mm512_setzero_ps();
+  }
+  auto broadcast = [](const uint32_t *at) {  // in a register: not one broadcast load per multiply
+    return (__m512bh)simd::InRegister(_mm512_castsi512_ps(_mm512_set1_epi32(static_cast<int>(*at))));
+  };
+  for (int64_t t = 0; t < steps; ++t) {
+    __m512bh x[MR], y[kSplit ? MR : 1];
+    for (int m = 0; m < MR; ++m) {
+      x[m] = broadcast(A.a + m * A.m_step + t * A.t_step);
+      if (kSplit) y[m] = broadcast(A.a + A.lo + m * A.m_step + t * A.t_step);
+    }
+    const uint16_t *bt = b + t * b_t;
+    for (int v = 0; v < NV; ++v) {
+      const __m512bh z = (__m512bh)simd::InRegister(_mm512_castsi512_ps(_mm512_loadu_si512(bt + v * b_v)));
+      for (int m = 0; m < MR; ++m) {
+        acc[m][v] = _mm512_dpbf16_ps(acc[m][v], x[m], z);
+        if (kSplit) acc[m][v] = _mm512_dpbf16_ps(acc[m][v], y[m], z);
+      }
+    }
+  }
+  for (int m = 0; m < MR; ++m) {
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(c + m * ldc + v * 16, acc[m][v]);
+  }
+}
+
+// DotBlock over nv vectors: blocks of NV, then the rest in smaller blocks.
+template <int MR, int NV, bool kAccumulate, bool kSplit>
+inline void DotColumns(PairsA A, const uint16_t *b, int64_t b_t, int64_t b_v, int64_t nv, int64_t steps, float *c,
+                       int64_t ldc) {
+  if constexpr (NV > 0) {
+    for (; nv >= NV; nv -= NV, b += NV * b_v, c += NV * 16) {
+      DotBlock<MR, NV, kAccumulate, kSplit>(A, b, b_t, b_v, steps, c, ldc);
+    }
+    if (nv > 0) DotColumns<MR, NV - 1, kAccumulate, kSplit>(A, b, b_t, b_v, nv, steps, c, ldc);
+  }
+}
+
+// The micro-GEMM over `rows` rows of c (blocks of MR, then one at a time) and nv vectors of 16 columns.
+template <int MR, int NV, bool kAccumulate, bool kSplit>
+inline void Dot(PairsA A, int64_t rows, const uint16_t *b, int64_t b_t, int64_t b_v, int64_t nv, int64_t steps,
+                float *c, int64_t ldc) {
+  int64_t m = 0;
+  for (; m + MR <= rows; m += MR, A.a += MR * A.m_step) {
+    DotColumns<MR, NV, kAccumulate, kSplit>(A, b, b_t, b_v, nv, steps, c + m * ldc, ldc);
+  }
+  for (; m < rows; ++m, A.a += A.m_step) DotColumns<1, NV, kAccumulate, kSplit>(A, b, b_t, b_v, nv, steps, c + m * ldc, ldc);
+}
+
+// 32 bf16 of a row from column d (zeros past D): one 512-bit vector of 16 pairs.
+inline __m512i LoadPairs(const BFloat16 *row, int64_t d, int64_t D) {
+  const int64_t n = std::min<int64_t>(32, D - d);
+  const __mmask32 mask = n >= 32 ? ~__mmask32(0) : (__mmask32(1) << n) - 1;
+  return _mm512_maskz_loadu_epi16(mask, row + d);
+}
+
+// 16 bf16 of a row from column d (zeros past D), each in the low half of a 32-bit lane.
+inline __m512i LoadLow(const BFloat16 *row, int64_t d, int64_t D) {
+  const int64_t n = std::min<int64_t>(16, D - d);
+  const __mmask16 mask = n >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << n) - 1);
+  return _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, row + d));
+}
+
+// Rows [16 * panel, + 16) (pointers; null past the last row: zeros) transposed into d pairs:
+// out[t * 16 + lane] = the pair (2t, 2t + 1) of row `lane`, for t < Dp / 2.
+inline void PackPanelTransposed(const BFloat16 *const *rows, int64_t D, int64_t Dp, uint32_t *out) {
+  for (int64_t d = 0; d < Dp; d += 32) {
+    simd::Vec v[16];
+    for (int i = 0; i < 16; ++i) {
+      v[i] = rows[i] == nullptr ? _mm512_setzero_ps() : _mm512_castsi512_ps(LoadPairs(rows[i], d, D));
+    }
+    Transpose(v);
+    for (int64_t t = 0; t < 16 && d / 2 + t < Dp / 2; ++t) _mm512_storeu_ps(out + (d / 2 + t) * 16, v[t]);
+  }
+}
+
+// Rows r and r + 1 (null: zeros) interleaved by column: out[d] = (row0[d], row1[d]) for d < Dv.
+inline void PackRowPair(const BFloat16 *row0, const BFloat16 *row1, int64_t D, int64_t Dv, uint32_t *out) {
+  for (int64_t d = 0; d < Dv; d += 16) {
+    const __m512i lo = row0 == nullptr ? _mm512_setzero_si512() : LoadLow(row0, d, D);
+    const __m512i hi = row1 == nullptr ? _mm512_setzero_si512() : LoadLow(row1, d, D);
+    _mm512_storeu_si512(out + d, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+  }
+}
+
+// 16 float32 rounded to bf16 (round to nearest even), each in the low half of a 32-bit lane.
+inline __m512i RoundLow(__m512 x) { return _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(x)); }
+
+// One thread's working memory of the bf16 path (carved from floats; bf16 arrays take half a float per element).
+// K = kGradKeys keys, R = kBf16Rows rows, Mp the unit's rows rounded up to 16, Dp / Dv the padded head dims.
+constexpr int64_t kLoTile = kGradKeys * kBf16Rows / 2;  // 32-bit words from a tile's high parts to its low parts
+
+struct Bf16Scratch {
+  uint16_t *kw, *vw;      // K x Dp: the key block's keys and values (pairs along d)
+  uint32_t *kr;           // K / 2 x Dv: the keys in key pairs
+  float *st, *dpt;        // K x R: q.k -> Pd^T (float32), dO.v -> dS^T
+  uint16_t *pd, *dst;     // 2 x K x R: Pd^T and dS^T as bf16 high parts, then low parts (kLoTile words on)
+  uint32_t *dsp;          // 2 x K / 2 x R: dS in key pairs, high then low parts (kLoTile words on)
+  float *terms, *zt;      // K x R: score terms and Z / keep_prob (TileTerms)
+  float *rm;              // R x K: TileTerms' rows; dS row-major for dpse
+  float *lo, *hi;         // R: each row's band, clamped around the block
+  float *dk, *dv;         // K x Dv: accumulators of the key block
+  float *m, *inv_l, *dsum;  // Mp: per row of the unit
+  uint32_t *qt, *dt;      // Mp / 16 panels x Dp / 2 x 16: queries, output gradients (B of S^T, dP^T)
+  uint32_t *qr, *dr;      // Mp / 2 x Dv: the same in row pairs (B of dK, dV)
+  float *dq;              // Mp x Dv: dQ (unscaled)
+  float *row_a, *row_b;   // Dv: a widened dO row and O row
+  static constexpr int kArrays = 25;
+  static int64_t Floats(int64_t Mp, int64_t Dp, int64_t Dv) {
+    const int64_t K = kGradKeys, R = kBf16Rows;
+    return K * Dp + K * Dv / 2 + 2 * K * R + 3 * K * R + 2 * K * R + R * K + 2 * R + 2 * K * Dv + 3 * Mp +
+           Mp * Dp + Mp * Dv + Mp * Dv + 2 * Dv + kArrays * 16;
+  }
+  Bf16Scratch(float *base, int64_t Mp, int64_t Dp, int64_t Dv) {
+    const int64_t K = kGradKeys, R = kBf16Rows;
+    float *p = base;
+    auto take = [&p](int64_t n) {  // n floats, 64-byte aligned relative to the base
+      float *at = p;
+      p += (n + 15) / 16 * 16;
+      return at;
+    };
+    kw = reinterpret_cast<uint16_t *>(take(K * Dp / 2));
+    vw = reinterpret_cast<uint16_t *>(take(K * Dp / 2));
+    kr = reinterpret_cast<uint32_t *>(take(K / 2 * Dv));
+    st = take(K * R), dpt = take(K * R);
+    pd = reinterpret_cast<uint16_t *>(take(K * R));
+    dst = reinterpret_cast<uint16_t *>(take(K * R));
+    dsp = reinterpret_cast<uint32_t *>(take(K * R));
+    terms = take(K * R), zt = take(K * R), rm = take(R * K);
+    lo = take(R), hi = take(R);
+    dk = take(K * Dv), dv = take(K * Dv);
+    m = take(Mp), inv_l = take(Mp), dsum = take(Mp);
+    qt = reinterpret_cast<uint32_t *>(take(Mp * Dp / 2));
+    dt = reinterpret_cast<uint32_t *>(take(Mp * Dp / 2));
+    qr = reinterpret_cast<uint32_t *>(take(Mp / 2 * Dv));
+    dr = reinterpret_cast<uint32_t *>(take(Mp / 2 * Dv));
+    dq = take(Mp * Dv);
+    row_a = take(Dv), row_b = take(Dv);
+  }
+};
+
+// x as bf16 high and low parts (x - high, rounded; round to nearest even), each in the low half of a 32-bit lane.
+inline void SplitBf16(__m512 x, __m512i *hi, __m512i *lo) {
+  *hi = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(x));
+  const __m512 rest = _mm512_sub_ps(x, _mm512_castsi512_ps(_mm512_slli_epi32(*hi, 16)));
+  *lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(rest));
+}
+
+inline void StoreLow16(uint16_t *dst, __m512i x) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i *>(dst), _mm512_cvtepi32_epi16(x));
+}
+
+// The element-wise step of a bf16 tile (keys [0, nk) x rows [0, R), rows from unit row r0): st (q.k) becomes
+// Pd^T in pd, dpt (dO.v) becomes dS^T in dst and dsp (each as bf16 high and low parts) and, with `keep_f32`, stays
+// in dpt as float32 (for dpse). Key nk, when nk is odd, gets dS 0 in dsp (its pair partner).
+inline void Bf16TileGradients(const Bf16Scratch &sc, int64_t R, int64_t r0, int64_t nk, int64_t j0, float scale,
+                              TileSteps steps, bool keep_f32) {
+  using namespace simd;
+  const Vec vscale = Set1(scale);
+  const float *bm = sc.m + r0, *bl = sc.inv_l + r0, *bd = sc.dsum + r0;
+  uint16_t *pd_lo = sc.pd + 2 * kLoTile, *dst_lo = sc.dst + 2 * kLoTile;
+  uint32_t *dsp_lo = sc.dsp + kLoTile;
+  for (int64_t j = 0; j < nk; j += 2) {
+    for (int64_t r = 0; r < R; r += kWidth) {
+      __m512i ds_hi[2], ds_lo[2];
+      for (int u = 0; u < 2; ++u) {
+        const int64_t jj = j + u;
+        if (jj >= nk) {
+          ds_hi[u] = ds_lo[u] = _mm512_setzero_si512();
+          continue;
+        }
+        float *s = sc.st + jj * R + r, *dp = sc.dpt + jj * R + r;
+        Vec x = Mul(Load(s), vscale);
+        if (steps.terms) x = Add(x, Load(sc.terms + jj * R + r));
+        if (steps.band) x = KeepVisible(x, Set1(static_cast<float>(j0 + jj)), Load(sc.lo + r), Load(sc.hi + r));
+        const Vec prob = Mul(Exp(Sub(x, Load(bm + r))), Load(bl + r));
+        Vec dprob = Load(dp), kept = prob;
+        if (steps.dropout) {
+          const Vec z = Load(sc.zt + jj * R + r);
+          kept = Mul(prob, z);
+          dprob = Mul(dprob, z);
+        }
+        const Vec ds = Mul(prob, Sub(dprob, Load(bd + r)));
+        if (keep_f32) Store(dp, ds);
+        __m512i hi, lo;
+        SplitBf16(kept, &hi, &lo);
+        StoreLow16(sc.pd + jj * R + r, hi);
+        StoreLow16(pd_lo + jj * R + r, lo);
+        SplitBf16(ds, &ds_hi[u], &ds_lo[u]);
+        StoreLow16(sc.dst + jj * R + r, ds_hi[u]);
+        StoreLow16(dst_lo + jj * R + r, ds_lo[u]);
+      }
+      _mm512_storeu_si512(sc.dsp + (j / 2) * R + r, _mm512_or_si512(ds_hi[0], _mm512_slli_epi32(ds_hi[1], 16)));
+      _mm512_storeu_si512(dsp_lo + (j / 2) * R + r, _mm512_or_si512(ds_lo[0], _mm512_slli_epi32(ds_lo[1], 16)));
+    }
+  }
+}
+
+// GradUnit for bfloat16 with AVX512_BF16 (same contract; dq_acc with D columns, used only when !store).
+inline void GradUnitBf16(const Problem &p, const GradTensors &g, const GradPlan &plan, int64_t b, int64_t kh,
+                         int64_t kb0, int64_t kb1, float *dq_acc, bool store, Bf16Scratch &sc) {
+  const int64_t G = p.G, D = p.D, K = kGradKeys, Dp = (D + 1) / 2 * 2, Dv = (D + 15) / 16 * 16;
+  const int64_t q_len = p.q_len[b], keys = p.kv_len[b], rows = q_len * G, Mp = (rows + 15) / 16 * 16;
+  if (q_len == 0 || keys == 0) {  // no gradient (the outputs were zeroed)
+    if (!store) std::fill(dq_acc, dq_acc + rows * D, 0.f);
+    return;
+  }
+  const BFloat16 *query = static_cast<const BFloat16 *>(p.query), *dy = static_cast<const BFloat16 *>(g.dy);
+  const BFloat16 *out = static_cast<const BFloat16 *>(g.out);
+  const BFloat16 *key = static_cast<const BFloat16 *>(p.kv.key), *value = static_cast<const BFloat16 *>(p.kv.value);
+  const float scale = p.scale;
+  auto q_at = [&](int64_t r) { return p.q_rows.At(b, kh * G + r % G, p.q_start[b] + r / G); };
+  auto row_of = [&](const BFloat16 *base, int64_t r) { return r < rows ? base + q_at(r) : nullptr; };
+
+  // per row: statistics and Dsum = dO . O (0 past the last row); the rows packed both ways
+  for (int64_t r = 0; r < Mp; ++r) {
+    if (r >= rows) {
+      sc.m[r] = sc.inv_l[r] = sc.dsum[r] = 0.f;
+      continue;
+    }
+    const int64_t at = p.stats.rows.At(b, kh * G + r % G, p.q_start[b] + r / G);
+    const float m = p.stats.max[at], l = p.stats.sum[at];
+    const bool empty = !(l > 0.f) || !(m > -FLT_MAX) || std::isinf(m);  // no visible key: contributes nothing
+    sc.m[r] = empty ? 0.f : m;
+    sc.inv_l[r] = empty ? 0.f : 1.f / l;
+    simd::LoadRow(dy + q_at(r), D, sc.row_a);
+    simd::LoadRow(out + q_at(r), D, sc.row_b);
+    float sum = 0.f;
+    for (int64_t d = 0; d < D; ++d) sum += sc.row_a[d] * sc.row_b[d];
+    sc.dsum[r] = sum;
+  }
+  for (int64_t panel = 0; panel < Mp / 16; ++panel) {
+    const BFloat16 *qrows[16], *drows[16];
+    for (int i = 0; i < 16; ++i) {
+      qrows[i] = row_of(query, panel * 16 + i);
+      drows[i] = row_of(dy, panel * 16 + i);
+    }
+    PackPanelTransposed(qrows, D, Dp, sc.qt + panel * (Dp / 2) * 16);
+    PackPanelTransposed(drows, D, Dp, sc.dt + panel * (Dp / 2) * 16);
+  }
+  for (int64_t r = 0; r < Mp; r += 2) {
+    PackRowPair(row_of(query, r), row_of(query, r + 1), D, Dv, sc.qr + (r / 2) * Dv);
+    PackRowPair(row_of(dy, r), row_of(dy, r + 1), D, Dv, sc.dr + (r / 2) * Dv);
+  }
+  std::fill(sc.dq, sc.dq + Mp * Dv, 0.f);
+
+  const Band &band = p.band;
+  const uint16_t *qt16 = reinterpret_cast<const uint16_t *>(sc.qt), *dt16 = reinterpret_cast<const uint16_t *>(sc.dt);
+  const uint16_t *qr16 = reinterpret_cast<const uint16_t *>(sc.qr), *dr16 = reinterpret_cast<const uint16_t *>(sc.dr);
+  const uint16_t *kr16 = reinterpret_cast<const uint16_t *>(sc.kr);
+  BFloat16 *dk = static_cast<BFloat16 *>(g.dk), *dv = static_cast<BFloat16 *>(g.dv);
+  for (int64_t j0 = kb0 * K; j0 < std::min(keys, kb1 * K); j0 += K) {
+    const int64_t nk = std::min(K, keys - j0), jl = j0 + nk - 1;
+    int64_t i_lo = 0, i_hi = 0;  // the query positions that see a key of the block
+    VisibleRows(p, b, j0, jl, &i_lo, &i_hi);
+    if (i_lo >= i_hi) continue;  // no row sees these keys: their dK, dV stay 0
+    // the key block: rows padded to Dp, key pairs (a zero key after an odd last one)
+    for (int64_t t = 0; t < K; t += 2) {
+      const BFloat16 *k0 = nullptr, *k1 = nullptr;
+      for (int u = 0; u < 2; ++u) {
+        uint16_t *kw = sc.kw + (t + u) * Dp, *vw = sc.vw + (t + u) * Dp;
+        if (t + u < nk) {
+          const int64_t at = p.kv.rows.At(b, kh, p.kv_start[b] + j0 + t + u);
+          std::memcpy(kw, key + at, D * sizeof(uint16_t));
+          std::memcpy(vw, value + at, D * sizeof(uint16_t));
+          if (Dp > D) kw[D] = vw[D] = 0;
+          (u == 0 ? k0 : k1) = key + at;
+        }
+      }
+      if (t < nk) PackRowPair(k0, k1, D, Dv, sc.kr + (t / 2) * Dv);
+    }
+    std::fill(sc.dk, sc.dk + nk * Dv, 0.f);
+    std::fill(sc.dv, sc.dv + nk * Dv, 0.f);
+    const uint32_t *kw32 = reinterpret_cast<const uint32_t *>(sc.kw), *vw32 = reinterpret_cast<const uint32_t *>(sc.vw);
+    for (int64_t r0 = i_lo * G / 16 * 16; r0 < i_hi * G; r0 += kBf16Rows) {
+      const int64_t R = std::min(kBf16Rows, Mp - r0), nr = std::min(R, rows - r0);
+      const int64_t i0 = r0 / G, il = (r0 + nr - 1) / G;  // the tile's first and last position
+      const int crossing = BandCrossing(p, b, i0, il, j0, jl);
+      const bool per_element = plan.mask || crossing == 2;
+      TileSteps steps;
+      steps.terms = plan.terms || per_element;
+      steps.band = crossing == 1 && !per_element;
+      steps.dropout = p.dropout.enabled();
+      if (steps.terms) TileTerms(p, b, kh, r0, nr, R, j0, nk, per_element, sc);
+      if (steps.band) {
+        for (int64_t r = 0; r < R; ++r) {  // row r sees keys [i + lo, i + hi], clamped around the block
+          const int64_t i = (r0 + r) / G;
+          sc.lo[r] = static_cast<float>(std::max(j0 - 1, std::min(jl + 1, i + band.lo[b])));
+          sc.hi[r] = static_cast<float>(std::max(j0 - 1, std::min(jl + 1, i + band.hi[b])));
+        }
+      }
+      // S^T = K Q^T and dP^T = V dO^T (6 keys x 4 row vectors per block)
+      const int64_t panel = r0 / 16, nv = R / 16;
+      Dot<6, 4, false, false>({kw32, Dp / 2, 1, 0}, nk, qt16 + panel * (Dp / 2) * 32, 32, (Dp / 2) * 32, nv, Dp / 2,
+                              sc.st, R);
+      Dot<6, 4, false, false>({vw32, Dp / 2, 1, 0}, nk, dt16 + panel * (Dp / 2) * 32, 32, (Dp / 2) * 32, nv, Dp / 2,
+                              sc.dpt, R);
+      const bool dpse = plan.dpse != nullptr;
+      Bf16TileGradients(sc, R, r0, nk, j0, scale, steps, dpse);
+      if (dpse) {
+        TransposeTile(sc.dpt, R, K, R, sc.rm, K);  // dS row-major (keys past nk unused)
+        TileBiasGradient(p, b, kh, r0, nr, j0, nk, sc.rm, plan.dpse);
+      }
+      // dV += Pd^T dO, dK += dS^T Q (3 keys x 8 column vectors), dQ += dS K (3 rows x 8 column vectors)
+      const uint32_t *pd32 = reinterpret_cast<const uint32_t *>(sc.pd), *dst32 = reinterpret_cast<const uint32_t *>(sc.dst);
+      Dot<3, 8, true, true>({pd32, R / 2, 1, kLoTile}, nk, dr16 + r0 * Dv, 2 * Dv, 32, Dv / 16, R / 2, sc.dv, Dv);
+      Dot<3, 8, true, true>({dst32, R / 2, 1, kLoTile}, nk, qr16 + r0 * Dv, 2 * Dv, 32, Dv / 16, R / 2, sc.dk, Dv);
+      Dot<3, 8, true, true>({sc.dsp, 1, R, kLoTile}, nr, kr16, 2 * Dv, 32, Dv / 16, (nk + 1) / 2, sc.dq + r0 * Dv, Dv);
+    }
+    for (int64_t t = 0; t < nk; ++t) {
+      const int64_t at = p.kv.rows.At(b, kh, p.kv_start[b] + j0 + t);
+      float *row = sc.dk + t * Dv;
+      for (int64_t d = 0; d < D; ++d) row[d] *= scale;
+      StoreRow(row, D, dk + at);
+      StoreRow(sc.dv + t * Dv, D, dv + at);
+    }
+  }
+  BFloat16 *dq = static_cast<BFloat16 *>(g.dq);
+  for (int64_t r = 0; r < rows; ++r) {
+    float *row = sc.dq + r * Dv;
+    if (!store) {
+      std::memcpy(dq_acc + r * D, row, D * sizeof(float));
+      continue;
+    }
+    for (int64_t d = 0; d < D; ++d) row[d] *= scale;
+    StoreRow(row, D, dq + q_at(r));
+  }
+}
+#endif  // MSA_SIMD_AVX512 && __AVX512BF16__
+
 inline size_t DTypeBytes(DType t) { return t == abi::kFloat32 ? 4 : t == abi::kFloat16 || t == abi::kBfloat16 ? 2 : 1; }
+
+inline int64_t Bf16Floats(int64_t Mp, int64_t Dp, int64_t Dv) {
+#if defined(MSA_GRAD_BF16_DOT)
+  return Bf16Scratch::Floats(Mp, Dp, Dv);
+#else
+  (void)Mp, (void)Dp, (void)Dv;
+  return 0;
+#endif
+}
 
 template <class E>
 void RunGrad(const Problem &p, const GradTensors &g) {
@@ -531,15 +914,37 @@ void RunGrad(const Problem &p, const GradTensors &g) {
     splits = std::max<int64_t>(1, std::min<int64_t>((threads + items - 1) / items, blocks));
   }
   const int64_t units = items * splits;
-  const int64_t floats = GradScratch::Floats(plan.R, plan.M, D);
+#if defined(MSA_GRAD_BF16_DOT)
+  constexpr bool bf16_dot = std::is_same<E, BFloat16>::value;
+#else
+  constexpr bool bf16_dot = false;
+#endif
+  const int64_t Mp = (plan.M + 15) / 16 * 16, Dp = (D + 1) / 2 * 2, Dv = (D + 15) / 16 * 16;
+  const int64_t floats = bf16_dot ? Bf16Floats(Mp, Dp, Dv) : GradScratch::Floats(plan.R, plan.M, D);
   std::vector<float> scratch(threads * floats + 16);
   std::vector<const float *> pointers(threads * (kGradKeys + 2 * plan.R));
   std::vector<float> partial_dq(splits > 1 ? units * plan.M * D : 0);  // split s of item i at unit i * splits + s
   float *base = reinterpret_cast<float *>((reinterpret_cast<uintptr_t>(scratch.data()) + 63) & ~uintptr_t(63));
   pool.ParallelFor(units, [&](int64_t w, int slot) {
+    const int64_t item = w / splits, s = w % splits, all = int64_t(1) << 40;
+#if defined(MSA_GRAD_BF16_DOT)
+    if constexpr (bf16_dot) {
+      Bf16Scratch sc(base + slot * floats, Mp, Dp, Dv);
+      if (per_head) {
+        for (int64_t b = 0; b < p.B; ++b) GradUnitBf16(p, g, plan, b, item, 0, all, nullptr, true, sc);
+      } else if (splits == 1) {
+        GradUnitBf16(p, g, plan, item / p.kvN, item % p.kvN, 0, all, nullptr, true, sc);
+      } else {
+        int64_t first = 0, last = 0;
+        SplitKeyBlocks(p, item / p.kvN, splits, s, &first, &last);
+        GradUnitBf16(p, g, plan, item / p.kvN, item % p.kvN, first, last, partial_dq.data() + w * plan.M * D, false,
+                     sc);
+      }
+      return;
+    }
+#endif
     GradScratch sc(base + slot * floats, plan.R, plan.M, D);
     const float **ptrs = pointers.data() + slot * (kGradKeys + 2 * plan.R);
-    const int64_t item = w / splits, s = w % splits, all = int64_t(1) << 40;
     if (per_head) {
       for (int64_t b = 0; b < p.B; ++b) GradUnit<E>(p, g, plan, b, item, 0, all, sc.dq, true, sc, ptrs);
     } else if (splits == 1) {
