@@ -640,12 +640,12 @@ struct Bf16Scratch {
   uint32_t *qt, *dt;      // Mp / 16 panels x Dp / 2 x 16: queries, output gradients (B of S^T, dP^T)
   uint32_t *qr, *dr;      // Mp / 2 x Dv: the same in row pairs (B of dK, dV)
   float *dq;              // Mp x Dv: dQ (unscaled)
-  float *row_a, *row_b;   // Dv: a widened dO row and O row
-  static constexpr int kArrays = 25;
+  uint32_t *ot;           // Dp / 2 x 16: a panel of outputs, transposed (for Dsum)
+  static constexpr int kArrays = 24;
   static int64_t Floats(int64_t Mp, int64_t Dp, int64_t Dv) {
     const int64_t K = kGradKeys, R = kBf16Rows;
     return K * Dp + K * Dv / 2 + 2 * K * R + 3 * K * R + 2 * K * R + R * K + 2 * R + 2 * K * Dv + 3 * Mp +
-           Mp * Dp + Mp * Dv + Mp * Dv + 2 * Dv + kArrays * 16;
+           Mp * Dp + Mp * Dv + Mp * Dv + 8 * Dp + kArrays * 16;
   }
   Bf16Scratch(float *base, int64_t Mp, int64_t Dp, int64_t Dv) {
     const int64_t K = kGradKeys, R = kBf16Rows;
@@ -671,7 +671,7 @@ struct Bf16Scratch {
     qr = reinterpret_cast<uint32_t *>(take(Mp / 2 * Dv));
     dr = reinterpret_cast<uint32_t *>(take(Mp / 2 * Dv));
     dq = take(Mp * Dv);
-    row_a = take(Dv), row_b = take(Dv);
+    ot = reinterpret_cast<uint32_t *>(take(8 * Dp));
   }
 };
 
@@ -748,10 +748,10 @@ inline void GradUnitBf16(const Problem &p, const GradTensors &g, const GradPlan 
   auto q_at = [&](int64_t r) { return p.q_rows.At(b, kh * G + r % G, p.q_start[b] + r / G); };
   auto row_of = [&](const BFloat16 *base, int64_t r) { return r < rows ? base + q_at(r) : nullptr; };
 
-  // per row: statistics and Dsum = dO . O (0 past the last row); the rows packed both ways
+  // per row: statistics (0 past the last row); the rows packed both ways
   for (int64_t r = 0; r < Mp; ++r) {
     if (r >= rows) {
-      sc.m[r] = sc.inv_l[r] = sc.dsum[r] = 0.f;
+      sc.m[r] = sc.inv_l[r] = 0.f;
       continue;
     }
     const int64_t at = p.stats.rows.At(b, kh * G + r % G, p.q_start[b] + r / G);
@@ -759,20 +759,25 @@ inline void GradUnitBf16(const Problem &p, const GradTensors &g, const GradPlan 
     const bool empty = !(l > 0.f) || !(m > -FLT_MAX) || std::isinf(m);  // no visible key: contributes nothing
     sc.m[r] = empty ? 0.f : m;
     sc.inv_l[r] = empty ? 0.f : 1.f / l;
-    simd::LoadRow(dy + q_at(r), D, sc.row_a);
-    simd::LoadRow(out + q_at(r), D, sc.row_b);
-    float sum = 0.f;
-    for (int64_t d = 0; d < D; ++d) sum += sc.row_a[d] * sc.row_b[d];
-    sc.dsum[r] = sum;
   }
+  // Dsum = dO . O with the instruction and order of dP = dO . v (the same pairs, one row per lane), so that
+  // dP - Dsum is exactly 0 where the output equals a value row (a single visible key)
   for (int64_t panel = 0; panel < Mp / 16; ++panel) {
-    const BFloat16 *qrows[16], *drows[16];
+    const BFloat16 *qrows[16], *drows[16], *orows[16];
     for (int i = 0; i < 16; ++i) {
       qrows[i] = row_of(query, panel * 16 + i);
       drows[i] = row_of(dy, panel * 16 + i);
+      orows[i] = row_of(out, panel * 16 + i);
     }
+    const uint32_t *dt = sc.dt + panel * (Dp / 2) * 16;
     PackPanelTransposed(qrows, D, Dp, sc.qt + panel * (Dp / 2) * 16);
     PackPanelTransposed(drows, D, Dp, sc.dt + panel * (Dp / 2) * 16);
+    PackPanelTransposed(orows, D, Dp, sc.ot);
+    __m512 dsum = _mm512_setzero_ps();
+    for (int64_t t = 0; t < Dp / 2; ++t) {
+      dsum = _mm512_dpbf16_ps(dsum, (__m512bh)_mm512_loadu_si512(sc.ot + t * 16), (__m512bh)_mm512_loadu_si512(dt + t * 16));
+    }
+    _mm512_storeu_ps(sc.dsum + panel * 16, dsum);
   }
   for (int64_t r = 0; r < Mp; r += 2) {
     PackRowPair(row_of(query, r), row_of(query, r + 1), D, Dv, sc.qr + (r / 2) * Dv);
