@@ -1,5 +1,6 @@
 """The attention core's tiles against plain double-precision loops (csrc/tile_check.cpp), once per instruction set
-the kernel library can be built for: AVX-512 (packed prefill paths and in-place decode paths), AVX2 and none."""
+the kernel library can be built for: AVX-512 with and without AVX512_BF16 (packed prefill paths, in-place decode paths, vdpbf16ps and its
+widening fallback), AVX2 and none."""
 import os
 import shutil
 import subprocess
@@ -14,6 +15,8 @@ CSRC = os.path.join(os.path.dirname(os.path.abspath(build.__file__)), "csrc")
 ISA_VARIANTS = {  # name: (compiler flags, the CPU flags needed to run the result)
     "avx512": (["-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-mf16c"],
                {"avx512f", "avx512bw", "avx512vl", "fma", "f16c"}),
+    "avx512bf16": (["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-mfma", "-mf16c"],
+                   {"avx512f", "avx512bw", "avx512vl", "avx512_bf16", "fma", "f16c"}),
     "avx2": (["-mavx2", "-mfma", "-mf16c"], {"avx2", "fma", "f16c"}),
     "scalar": ([], set()),
 }

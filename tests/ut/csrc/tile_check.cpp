@@ -7,6 +7,7 @@
 #include <random>
 #include <vector>
 
+#include "attention/bf16_dot.h"
 #include "attention/score_tile.h"
 #include "attention/softmax.h"
 #include "attention/value_tile.h"
@@ -193,6 +194,60 @@ void CheckType() {
   }
 }
 
+#if defined(MSA_BF16_PAIRS)
+// bf16_dot.h's primitives against scalar loops: pair dot products (exact products, float32 sums), the
+// transposed key panel, interleaved value rows and rounding to bfloat16, for even and odd counts.
+void CheckBf16Pairs() {
+  std::normal_distribution<float> normal(0.f, 1.f);
+  for (int64_t D : {1, 2, 7, 16, 31, 32, 33, 64, 72, 80, 96, 127, 128, 192}) {
+    const Rows<BFloat16> a(16, D + 1);
+    const double mag_tol = 1e-6;
+    for (int64_t j = 0; j < 16; ++j) {  // DotRow reads [0, D) only: element D of each row is never used
+      double want = 0, mag = 0;
+      for (int64_t d = 0; d < D; ++d) {
+        want += a.At(0, d) * a.At(j, d);
+        mag += std::fabs(a.At(0, d) * a.At(j, d));
+      }
+      const double got = bf16::DotRow(a.ptr[0], a.ptr[j], D);
+      if (std::fabs(got - want) > mag_tol * mag + 1e-30) Report("bf16 DotRow", "bfloat16", 1, 16, D, 0, j, got, want);
+    }
+    for (int64_t n : {1, 5, 16}) {
+      const int64_t pairs = (D + 1) / 2;
+      std::vector<uint32_t> panel(pairs * 16 + 16, 0xDEADBEEFu);
+      bf16::PackPairsTransposed(a.ptr.data(), n, D, panel.data());
+      for (int64_t e = 0; e < pairs; ++e) {
+        for (int64_t j = 0; j < 16; ++j) {
+          const uint32_t lo = j < n ? a.data[j][2 * e].bits : 0;
+          const uint32_t hi = j < n && 2 * e + 1 < D ? a.data[j][2 * e + 1].bits : 0;
+          if (panel[e * 16 + j] != (lo | hi << 16)) Report("bf16 PackPairsTransposed", "bfloat16", n, 16, D, e, j, panel[e * 16 + j], lo | hi << 16);
+        }
+      }
+      for (int64_t i = pairs * 16; i < pairs * 16 + 16; ++i) {
+        if (panel[i] != 0xDEADBEEFu) Report("bf16 PackPairsTransposed wrote past", "bfloat16", n, 16, D, i, 0, panel[i], 0);
+      }
+    }
+    for (bool second : {true, false}) {
+      std::vector<uint32_t> inter(D + 16, 0xDEADBEEFu);
+      bf16::InterleaveRowPairs(a.ptr[2], second ? a.ptr[3] : nullptr, D, inter.data());
+      for (int64_t d = 0; d < D + 16; ++d) {
+        const uint32_t want = d >= D ? 0xDEADBEEFu : a.data[2][d].bits | (second ? uint32_t(a.data[3][d].bits) << 16 : 0u);
+        if (inter[d] != want) Report("bf16 InterleaveRowPairs", "bfloat16", 2, second, D, 0, d, inter[d], want);
+      }
+    }
+    std::vector<float> x(D);
+    for (auto &v : x) v = normal(rng) * 100.f;
+    if (D > 3) x[3] = NAN;
+    std::vector<uint32_t> rounded((D + 1) / 2 + 16, 0xDEADBEEFu);
+    bf16::RoundRowToPairs(x.data(), D, rounded.data());
+    for (int64_t e = 0; e < (D + 1) / 2 + 16; ++e) {
+      uint32_t want = 0xDEADBEEFu;
+      if (e < (D + 1) / 2) want = FloatToBF16(x[2 * e]) | (2 * e + 1 < D ? uint32_t(FloatToBF16(x[2 * e + 1])) << 16 : 0u);
+      if (rounded[e] != want) Report("bf16 RoundRowToPairs", "bfloat16", 1, 0, D, 0, e, rounded[e], want);
+    }
+  }
+}
+#endif
+
 }  // namespace
 
 int main() {
@@ -208,6 +263,12 @@ int main() {
   for (int64_t rows : {1, 3, 7, 8, 9, 16, 17, 31, 64}) {
     for (int64_t n : {1, 5, 16, 17, 31, 32, 40}) CheckSoftmaxRows(rows, n);
   }
-  std::printf("%s: %d mismatches\n", simd::kHasSimd ? (simd::kWidth == 16 ? "avx512" : "avx2") : "scalar", failures);
+#if defined(MSA_BF16_PAIRS)
+  CheckBf16Pairs();
+  const char *isa = bf16::kNativeDot ? "avx512bf16" : "avx512";
+#else
+  const char *isa = simd::kHasSimd ? (simd::kWidth == 16 ? "avx512" : "avx2") : "scalar";
+#endif
+  std::printf("%s: %d mismatches\n", isa, failures);
   return failures == 0 ? 0 : 1;
 }
