@@ -33,6 +33,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "attention/bf16_dot.h"
 #include "attention/numeric.h"
 #include "attention/problem.h"
 #include "attention/score_terms.h"
@@ -515,7 +516,7 @@ void GradUnit(const Problem &p, const GradTensors &g, const GradPlan &plan, int6
 // The unit's rows are packed once (every key block reads them again); row blocks start on 16-row panels, so a
 // tile's rows need not begin at a query position's first head: each row's position and head are r / G, r % G.
 // D is padded with zeros to Dp (even) in the pairs along d and to Dv (a multiple of 16) in the column vectors.
-#if defined(MSA_SIMD_AVX512) && defined(__AVX512BF16__)
+#if defined(MSA_BF16_PAIRS) && defined(__AVX512BF16__)  // bf16_dot.h's pairs, with the native vdpbf16ps
 #define MSA_GRAD_BF16_DOT 1
 
 constexpr int64_t kBf16Rows = 64;  // rows of a tile (whole 16-row panels)
@@ -538,20 +539,20 @@ inline void DotBlock(PairsA A, const uint16_t *b, int64_t b_t, int64_t b_v, int6
     for (int v = 0; v < NV; ++v) acc[m][v] = kAccumulate ? _mm512_loadu_ps(c + m * ldc + v * 16) : _mm512_setzero_ps();
   }
   auto broadcast = [](const uint32_t *at) {  // in a register: not one broadcast load per multiply
-    return (__m512bh)simd::InRegister(_mm512_castsi512_ps(_mm512_set1_epi32(static_cast<int>(*at))));
+    return bf16::InRegister(bf16::BroadcastPair(*at));
   };
   for (int64_t t = 0; t < steps; ++t) {
-    __m512bh x[MR], y[kSplit ? MR : 1];
+    bf16::Pairs x[MR], y[kSplit ? MR : 1];
     for (int m = 0; m < MR; ++m) {
       x[m] = broadcast(A.a + m * A.m_step + t * A.t_step);
       if (kSplit) y[m] = broadcast(A.a + A.lo + m * A.m_step + t * A.t_step);
     }
     const uint16_t *bt = b + t * b_t;
     for (int v = 0; v < NV; ++v) {
-      const __m512bh z = (__m512bh)simd::InRegister(_mm512_castsi512_ps(_mm512_loadu_si512(bt + v * b_v)));
+      const bf16::Pairs z = bf16::InRegister(_mm512_loadu_si512(bt + v * b_v));
       for (int m = 0; m < MR; ++m) {
-        acc[m][v] = _mm512_dpbf16_ps(acc[m][v], x[m], z);
-        if (kSplit) acc[m][v] = _mm512_dpbf16_ps(acc[m][v], y[m], z);
+        acc[m][v] = bf16::DotPairs(acc[m][v], x[m], z);
+        if (kSplit) acc[m][v] = bf16::DotPairs(acc[m][v], y[m], z);
       }
     }
   }
@@ -583,44 +584,16 @@ inline void Dot(PairsA A, int64_t rows, const uint16_t *b, int64_t b_t, int64_t 
   for (; m < rows; ++m, A.a += A.m_step) DotColumns<1, NV, kAccumulate, kSplit>(A, b, b_t, b_v, nv, steps, c + m * ldc, ldc);
 }
 
-// 32 bf16 of a row from column d (zeros past D): one 512-bit vector of 16 pairs.
-inline __m512i LoadPairs(const BFloat16 *row, int64_t d, int64_t D) {
-  const int64_t n = std::min<int64_t>(32, D - d);
-  const __mmask32 mask = n >= 32 ? ~__mmask32(0) : (__mmask32(1) << n) - 1;
-  return _mm512_maskz_loadu_epi16(mask, row + d);
-}
-
-// 16 bf16 of a row from column d (zeros past D), each in the low half of a 32-bit lane.
-inline __m512i LoadLow(const BFloat16 *row, int64_t d, int64_t D) {
-  const int64_t n = std::min<int64_t>(16, D - d);
-  const __mmask16 mask = n >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << n) - 1);
-  return _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, row + d));
-}
-
-// Rows [16 * panel, + 16) (pointers; null past the last row: zeros) transposed into d pairs:
-// out[t * 16 + lane] = the pair (2t, 2t + 1) of row `lane`, for t < Dp / 2.
-inline void PackPanelTransposed(const BFloat16 *const *rows, int64_t D, int64_t Dp, uint32_t *out) {
-  for (int64_t d = 0; d < Dp; d += 32) {
-    simd::Vec v[16];
-    for (int i = 0; i < 16; ++i) {
-      v[i] = rows[i] == nullptr ? _mm512_setzero_ps() : _mm512_castsi512_ps(LoadPairs(rows[i], d, D));
-    }
-    Transpose(v);
-    for (int64_t t = 0; t < 16 && d / 2 + t < Dp / 2; ++t) _mm512_storeu_ps(out + (d / 2 + t) * 16, v[t]);
+// Rows a and b (b null: zeros) interleaved by column, out[d] = (a[d], b[d]), zeros for D <= d < Dv; a null: all
+// zeros.
+inline void PackRowPair(const BFloat16 *a, const BFloat16 *b, int64_t D, int64_t Dv, uint32_t *out) {
+  if (a == nullptr) {
+    std::fill(out, out + Dv, 0u);
+    return;
   }
+  bf16::InterleaveRowPairs(a, b, D, out);
+  std::fill(out + D, out + Dv, 0u);
 }
-
-// Rows r and r + 1 (null: zeros) interleaved by column: out[d] = (row0[d], row1[d]) for d < Dv.
-inline void PackRowPair(const BFloat16 *row0, const BFloat16 *row1, int64_t D, int64_t Dv, uint32_t *out) {
-  for (int64_t d = 0; d < Dv; d += 16) {
-    const __m512i lo = row0 == nullptr ? _mm512_setzero_si512() : LoadLow(row0, d, D);
-    const __m512i hi = row1 == nullptr ? _mm512_setzero_si512() : LoadLow(row1, d, D);
-    _mm512_storeu_si512(out + d, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
-  }
-}
-
-// 16 float32 rounded to bf16 (round to nearest even), each in the low half of a 32-bit lane.
-inline __m512i RoundLow(__m512 x) { return _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(x)); }
 
 // One thread's working memory of the bf16 path (carved from floats; bf16 arrays take half a float per element).
 // K = kGradKeys keys, R = kBf16Rows rows, Mp the unit's rows rounded up to 16, Dp / Dv the padded head dims.
@@ -770,13 +743,12 @@ inline void GradUnitBf16(const Problem &p, const GradTensors &g, const GradPlan 
       orows[i] = row_of(out, panel * 16 + i);
     }
     const uint32_t *dt = sc.dt + panel * (Dp / 2) * 16;
-    PackPanelTransposed(qrows, D, Dp, sc.qt + panel * (Dp / 2) * 16);
-    PackPanelTransposed(drows, D, Dp, sc.dt + panel * (Dp / 2) * 16);
-    PackPanelTransposed(orows, D, Dp, sc.ot);
+    const int64_t n = std::min<int64_t>(16, rows - panel * 16);
+    bf16::PackPairsTransposed(qrows, n, D, sc.qt + panel * (Dp / 2) * 16);
+    bf16::PackPairsTransposed(drows, n, D, sc.dt + panel * (Dp / 2) * 16);
+    bf16::PackPairsTransposed(orows, n, D, sc.ot);
     __m512 dsum = _mm512_setzero_ps();
-    for (int64_t t = 0; t < Dp / 2; ++t) {
-      dsum = _mm512_dpbf16_ps(dsum, (__m512bh)_mm512_loadu_si512(sc.ot + t * 16), (__m512bh)_mm512_loadu_si512(dt + t * 16));
-    }
+    for (int64_t t = 0; t < Dp / 2; ++t) dsum = bf16::DotPairs(dsum, bf16::LoadPairs(sc.ot + t * 16), bf16::LoadPairs(dt + t * 16));
     _mm512_storeu_ps(sc.dsum + panel * 16, dsum);
   }
   for (int64_t r = 0; r < Mp; r += 2) {
@@ -867,7 +839,7 @@ inline void GradUnitBf16(const Problem &p, const GradTensors &g, const GradPlan 
     StoreRow(row, D, dq + q_at(r));
   }
 }
-#endif  // MSA_SIMD_AVX512 && __AVX512BF16__
+#endif  // MSA_BF16_PAIRS && __AVX512BF16__
 
 inline size_t DTypeBytes(DType t) { return t == abi::kFloat32 ? 4 : t == abi::kFloat16 || t == abi::kBfloat16 ? 2 : 1; }
 
