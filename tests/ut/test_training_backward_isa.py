@@ -21,10 +21,10 @@ from ms_attention.kernels.reference import training_attention as R
 from test_training_backward_kernel import INT_MAX, Inputs, assert_grad_close
 
 CSRC = os.path.join(os.path.dirname(os.path.abspath(build.__file__)), "csrc")
-AVX512 = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-mf16c"]
+AVX512 = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c"]
 ISA_VARIANTS = {  # name: (compiler flags, the CPU flags needed to run the result)
-    "avx512_bf16": (AVX512 + ["-mavx512bf16"], {"avx512f", "avx512bw", "avx512vl", "avx512_bf16", "fma", "f16c"}),
-    "avx512": (AVX512, {"avx512f", "avx512bw", "avx512vl", "fma", "f16c"}),
+    "avx512_bf16": (AVX512 + ["-mavx512bf16"], {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16", "fma", "f16c"}),
+    "avx512": (AVX512, {"avx512f", "avx512bw", "avx512vl", "avx512dq", "fma", "f16c"}),
     "avx2": (["-mavx2", "-mfma", "-mf16c"], {"avx2", "fma", "f16c"}),
     "scalar": ([], set()),
 }

@@ -286,36 +286,113 @@ struct GradPlan {
   int64_t block_pos = 1;   // query positions per row block
   int64_t R = 0;           // rows of a row block, padded to kGradPanel
   int64_t M = 0;           // the most rows (positions x G) of a batch
-  bool terms = false;      // every tile needs the score terms (mask, pse, ALiBi, dropout)
+  bool terms = false;      // every tile needs the score terms (mask, pse, ALiBi); dropout is apart
   bool mask = false;       // a discard mask: visibility per element
   float *dpse = nullptr;   // float32 accumulator of dpse (pse's size), null when not computed
 };
 
-// The score terms of a tile, key-major in sc.terms (bias, and -inf where the key is not visible when `visibility`)
-// and sc.zt (Z / keep_prob), computed row by row with score_terms.h's row forms, then transposed. The tile's rows
-// are rows [r0, r0 + nr) of the unit (row r: position r / G, head kh * G + r % G), padded to R; padding rows get
-// 0, Z 0. Scratch: any scratch with K x R `terms` / `zt` and R x K `rm` (R and K multiples of the vector width).
+// ---- the score terms of a tile: pse / ALiBi, visibility, dropout ------------------------------------------
+
+// row[t] = -inf for the keys j0 + t (t < nk) that row (b, h, i) does not see (score_terms.h's KeyVisible): the
+// band as one range of keys plus the open prefix keys, the discard mask compared 16 bytes at a time.
+inline void DiscardRow(const Problem &p, int64_t b, int64_t h, int64_t i, int64_t j0, int64_t nk, float *row) {
+  const Band &band = p.band;
+  if (band.enabled()) {
+    // visible: keys [i + lo, i + hi] and keys below open_keys; t indexes the block
+    const int64_t open = band.open_keys.empty() ? 0 : std::min(nk, std::max<int64_t>(0, band.open_keys[b] - j0));
+    const int64_t first = std::max(open, std::min(nk, std::max<int64_t>(0, i + band.lo[b] - j0)));
+    const int64_t last = std::max(open, std::min(nk, std::max<int64_t>(0, i + band.hi[b] - j0 + 1)));
+    std::fill(row + open, row + first, kNegInf);
+    std::fill(row + last, row + nk, kNegInf);
+  }
+  if (p.mask.data == nullptr || p.mask.additive) return;
+  const uint8_t *mask = static_cast<const uint8_t *>(p.mask.data) + MaskOffset(p, b, h, i, j0);
+  int64_t t = 0;
+#if defined(MSA_SIMD_AVX512)
+  for (; t < nk; t += 16) {
+    const int n = static_cast<int>(std::min<int64_t>(16, nk - t));
+    const __mmask16 in = simd::FirstN(n);
+    const __mmask16 discard = _mm_mask_test_epi8_mask(in, _mm_maskz_loadu_epi8(in, mask + t), _mm_set1_epi8(-1));
+    _mm512_mask_storeu_ps(row + t, discard, simd::Set1(kNegInf));
+  }
+#endif
+  for (; t < nk; ++t) {
+    if (mask[t] != 0) row[t] = kNegInf;
+  }
+}
+
+#if defined(MSA_SIMD_AVX512) && defined(__AVX512DQ__)
+// Mix64 on 8 lanes.
+inline __m512i Mix64x8(__m512i x) {
+  x = _mm512_xor_si512(x, _mm512_srli_epi64(x, 30));
+  x = _mm512_mullo_epi64(x, _mm512_set1_epi64(static_cast<long long>(0xBF58476D1CE4E5B9ull)));
+  x = _mm512_xor_si512(x, _mm512_srli_epi64(x, 27));
+  x = _mm512_mullo_epi64(x, _mm512_set1_epi64(static_cast<long long>(0x94D049BB133111EBull)));
+  return _mm512_xor_si512(x, _mm512_srli_epi64(x, 31));
+}
+#endif
+
+// z[t] = Z / keep_prob of row (b, h, i), keys j0 + t (t < nk): score_terms.h's DropKeep, 64 bits of an explicit
+// mask at a time, the generated hash 8 keys at a time.
+inline void DropoutFactorsRow(const Dropout &d, int64_t b, int64_t h, int64_t i, int64_t j0, int64_t nk, float *z) {
+  const float kept = d.inv_keep;
+  if (d.bits != nullptr) {
+    const int64_t k0 = DropoutBitBase(d, b, h, i) + j0;
+    for (int64_t t = 0; t < nk; t += 56) {  // 56 bits from 8 bytes whatever the first bit's offset
+      const int64_t n = std::min<int64_t>(56, nk - t), first = (k0 + t) >> 3, last = (k0 + t + n - 1) >> 3;
+      uint64_t bits = 0;
+      std::memcpy(&bits, d.bits + first, static_cast<size_t>(last - first + 1));  // bytes the row owns
+      bits >>= (k0 + t) & 7;
+      for (int64_t u = 0; u < n; ++u) z[t + u] = ((bits >> u) & 1) ? kept : 0.f;
+    }
+    return;
+  }
+  const uint64_t row_key = DropoutRowKey(d, b, h, i), threshold = d.threshold;
+  int64_t t = 0;
+#if defined(MSA_SIMD_AVX512) && defined(__AVX512DQ__)
+  const __m512i step = _mm512_set1_epi64(static_cast<long long>(0xA24BAED4963EE407ull));
+  const __m512i lanes = _mm512_set_epi64(8, 7, 6, 5, 4, 3, 2, 1);  // j + 1 for j = j0 + t + lane
+  const __m512i limit = _mm512_set1_epi64(static_cast<long long>(threshold));
+  for (; t + 16 <= nk; t += 16) {
+    __mmask16 keep = 0;
+    for (int half = 0; half < 2; ++half) {
+      const __m512i j1 = _mm512_add_epi64(lanes, _mm512_set1_epi64(j0 + t + 8 * half));
+      const __m512i u = Mix64x8(_mm512_add_epi64(_mm512_set1_epi64(static_cast<long long>(row_key)),
+                                                 _mm512_mullo_epi64(j1, step)));
+      keep |= static_cast<__mmask16>(_mm512_cmplt_epu64_mask(_mm512_srli_epi64(u, 40), limit)) << (8 * half);
+    }
+    _mm512_storeu_ps(z + t, _mm512_maskz_mov_ps(keep, simd::Set1(kept)));
+  }
+#endif
+  for (; t < nk; ++t) z[t] = GeneratedKeep(row_key, j0 + t, threshold) ? kept : 0.f;
+}
+
+// The score terms of a tile, key-major: with `terms`, sc.terms (pse / ALiBi, and -inf where the key is not
+// visible when `visibility`); with dropout, sc.zt (Z / keep_prob). Computed row by row, then transposed. The
+// tile's rows are rows [r0, r0 + nr) of the unit (row r: position r / G, head kh * G + r % G), padded to R;
+// padding rows get 0, Z 0. Scratch: any scratch with K x R `terms` / `zt` and R x K `rm` (R and K multiples of
+// the vector width).
 template <class Scratch>
 inline void TileTerms(const Problem &p, int64_t b, int64_t kh, int64_t r0, int64_t nr, int64_t R, int64_t j0,
-                      int64_t nk, bool visibility, const Scratch &sc) {
+                      int64_t nk, bool terms, bool visibility, const Scratch &sc) {
   const int64_t G = p.G, K = kGradKeys;
-  for (int64_t r = 0; r < R; ++r) {
-    float *row = sc.rm + r * K;
-    std::fill(row, row + K, 0.f);
-    if (r >= nr) continue;
-    const int64_t h = kh * G + (r0 + r) % G, i = (r0 + r) / G;
-    if (p.bias.data != nullptr) AddPseRow(p, b, h, i, j0, nk, row);
-    if (p.alibi.enabled()) AddAlibiRow(p, b, h, i, j0, nk, row);
-    for (int64_t t = 0; visibility && t < nk; ++t) {
-      if (!KeyVisible(p, b, h, i, j0 + t)) row[t] = kNegInf;
+  if (terms) {
+    for (int64_t r = 0; r < R; ++r) {
+      float *row = sc.rm + r * K;
+      std::fill(row, row + K, 0.f);
+      if (r >= nr) continue;
+      const int64_t h = kh * G + (r0 + r) % G, i = (r0 + r) / G;
+      if (p.bias.data != nullptr) AddPseRow(p, b, h, i, j0, nk, row);
+      if (p.alibi.enabled()) AddAlibiRow(p, b, h, i, j0, nk, row);
+      if (visibility) DiscardRow(p, b, h, i, j0, nk, row);
     }
+    TransposeTile(sc.rm, K, R, K, sc.terms, R);
   }
-  TransposeTile(sc.rm, K, R, K, sc.terms, R);
   if (!p.dropout.enabled()) return;
   for (int64_t r = 0; r < R; ++r) {
     float *row = sc.rm + r * K;
-    std::fill(row, row + K, r < nr ? 1.f : 0.f);
-    if (r < nr) ApplyDropoutRow(p.dropout, b, kh * G + (r0 + r) % G, (r0 + r) / G, j0, nk, row);
+    std::fill(row, row + K, 0.f);
+    if (r < nr) DropoutFactorsRow(p.dropout, b, kh * G + (r0 + r) % G, (r0 + r) / G, j0, nk, row);
   }
   TransposeTile(sc.rm, K, R, K, sc.zt, R);
 }
@@ -463,7 +540,7 @@ void GradUnit(const Problem &p, const GradTensors &g, const GradPlan &plan, int6
       steps.terms = plan.terms || per_element;
       steps.band = crossing == 1 && !per_element;
       steps.dropout = p.dropout.enabled();
-      if (steps.terms) TileTerms(p, b, kh, r0, nr, R, j0, nk, per_element, sc);
+      if (steps.terms || steps.dropout) TileTerms(p, b, kh, r0, nr, R, j0, nk, steps.terms, per_element, sc);
       if (steps.band) {
         for (int64_t r = 0; r < R; ++r) {  // row i sees keys [i + lo, i + hi], clamped around the block
           const int64_t i = i0 + r / G;
@@ -794,7 +871,7 @@ inline void GradUnitBf16(const Problem &p, const GradTensors &g, const GradPlan 
       steps.terms = plan.terms || per_element;
       steps.band = crossing == 1 && !per_element;
       steps.dropout = p.dropout.enabled();
-      if (steps.terms) TileTerms(p, b, kh, r0, nr, R, j0, nk, per_element, sc);
+      if (steps.terms || steps.dropout) TileTerms(p, b, kh, r0, nr, R, j0, nk, steps.terms, per_element, sc);
       if (steps.band) {
         for (int64_t r = 0; r < R; ++r) {  // row r sees keys [i + lo, i + hi], clamped around the block
           const int64_t i = (r0 + r) / G;
@@ -865,7 +942,7 @@ void RunGrad(const Problem &p, const GradTensors &g) {
   plan.R = (plan.block_pos * G + kGradPanel - 1) / kGradPanel * kGradPanel;
   for (int64_t b = 0; b < p.B; ++b) plan.M = std::max(plan.M, p.q_len[b] * G);
   plan.mask = p.mask.data != nullptr && !p.mask.additive;
-  plan.terms = plan.mask || p.bias.data != nullptr || p.alibi.enabled() || p.dropout.enabled();
+  plan.terms = plan.mask || p.bias.data != nullptr || p.alibi.enabled();
   std::vector<float> dpse_acc;
   if (g.dpse != nullptr && p.bias.data != nullptr) {
     if (g.dpse_dtype == abi::kFloat32) {
