@@ -158,3 +158,10 @@ def test_pse_gradient_with_mask(grad_library):
     x = Inputs(b=2, n=2, kvn=2, s1=50, s2=70, d=40, layout="BSH", seed=6)
     pse = round_to(x.rng.standard_normal((2, 2, 50, 70)), x.dtype)
     check(grad_library, x, pse=pse, attn_mask=(x.rng.random((50, 70)) < 0.2).astype(np.uint8))
+
+
+def test_mask_hiding_whole_tiles(grad_library):
+    """An explicit causal mask (sparse_mode 0) with a band-less tile grid: the tiles above the diagonal see no key
+    and are skipped, the diagonal ones are masked per element; a GQA group straddles the row panels."""
+    x = Inputs(b=1, n=3, kvn=1, s1=150, s2=150, d=40, layout="BSH", seed=7)
+    check(grad_library, x, attn_mask=np.triu(np.ones((150, 150), np.uint8), 1))

@@ -372,10 +372,12 @@ inline void DropoutFactorsRow(const Dropout &d, int64_t b, int64_t h, int64_t i,
 // tile's rows are rows [r0, r0 + nr) of the unit (row r: position r / G, head kh * G + r % G), padded to R;
 // padding rows get 0, Z 0. Scratch: any scratch with K x R `terms` / `zt` and R x K `rm` (R and K multiples of
 // the vector width).
+// Returns false when `visibility` hides every key of the tile from every row (the tile adds nothing).
 template <class Scratch>
-inline void TileTerms(const Problem &p, int64_t b, int64_t kh, int64_t r0, int64_t nr, int64_t R, int64_t j0,
+inline bool TileTerms(const Problem &p, int64_t b, int64_t kh, int64_t r0, int64_t nr, int64_t R, int64_t j0,
                       int64_t nk, bool terms, bool visibility, const Scratch &sc) {
   const int64_t G = p.G, K = kGradKeys;
+  bool seen = !visibility;
   if (terms) {
     for (int64_t r = 0; r < R; ++r) {
       float *row = sc.rm + r * K;
@@ -384,17 +386,22 @@ inline void TileTerms(const Problem &p, int64_t b, int64_t kh, int64_t r0, int64
       const int64_t h = kh * G + (r0 + r) % G, i = (r0 + r) / G;
       if (p.bias.data != nullptr) AddPseRow(p, b, h, i, j0, nk, row);
       if (p.alibi.enabled()) AddAlibiRow(p, b, h, i, j0, nk, row);
-      if (visibility) DiscardRow(p, b, h, i, j0, nk, row);
+      if (visibility) {
+        DiscardRow(p, b, h, i, j0, nk, row);
+        for (int64_t t = 0; t < nk && !seen; ++t) seen = row[t] != kNegInf;
+      }
     }
+    if (!seen) return false;
     TransposeTile(sc.rm, K, R, K, sc.terms, R);
   }
-  if (!p.dropout.enabled()) return;
+  if (!p.dropout.enabled()) return true;
   for (int64_t r = 0; r < R; ++r) {
     float *row = sc.rm + r * K;
     std::fill(row, row + K, 0.f);
     if (r < nr) DropoutFactorsRow(p.dropout, b, kh * G + (r0 + r) % G, (r0 + r) / G, j0, nk, row);
   }
   TransposeTile(sc.rm, K, R, K, sc.zt, R);
+  return true;
 }
 
 // dpse += factor * dS over the tile's elements (dS row-major in ds, kGradKeys per row; rows [r0, r0 + nr) of the
@@ -540,7 +547,9 @@ void GradUnit(const Problem &p, const GradTensors &g, const GradPlan &plan, int6
       steps.terms = plan.terms || per_element;
       steps.band = crossing == 1 && !per_element;
       steps.dropout = p.dropout.enabled();
-      if (steps.terms || steps.dropout) TileTerms(p, b, kh, r0, nr, R, j0, nk, steps.terms, per_element, sc);
+      if ((steps.terms || steps.dropout) && !TileTerms(p, b, kh, r0, nr, R, j0, nk, steps.terms, per_element, sc)) {
+        continue;  // every key of the tile hidden from every row
+      }
       if (steps.band) {
         for (int64_t r = 0; r < R; ++r) {  // row i sees keys [i + lo, i + hi], clamped around the block
           const int64_t i = i0 + r / G;
@@ -871,7 +880,9 @@ inline void GradUnitBf16(const Problem &p, const GradTensors &g, const GradPlan 
       steps.terms = plan.terms || per_element;
       steps.band = crossing == 1 && !per_element;
       steps.dropout = p.dropout.enabled();
-      if (steps.terms || steps.dropout) TileTerms(p, b, kh, r0, nr, R, j0, nk, steps.terms, per_element, sc);
+      if ((steps.terms || steps.dropout) && !TileTerms(p, b, kh, r0, nr, R, j0, nk, steps.terms, per_element, sc)) {
+        continue;  // every key of the tile hidden from every row
+      }
       if (steps.band) {
         for (int64_t r = 0; r < R; ++r) {  // row r sees keys [i + lo, i + hi], clamped around the block
           const int64_t i = (r0 + r) / G;
