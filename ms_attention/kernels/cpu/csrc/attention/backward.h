@@ -607,6 +607,12 @@ void GradUnit(const Problem &p, const GradTensors &g, const GradPlan &plan, int6
 
 constexpr int64_t kBf16Rows = 64;  // rows of a tile (whole 16-row panels)
 
+// x, kept in a register (see simd::InRegister).
+inline bf16::Pairs PairsInRegister(bf16::Pairs x) {
+  __asm__("" : "+v"(x));
+  return x;
+}
+
 // The A operand of a micro-GEMM: bf16 pairs (one 32-bit word each), pair t of row m at a[m * m_step + t * t_step];
 // with `lo` != 0 each value is the sum of two bf16, the second parts at a + lo (a float32 operand split into
 // high and low bf16, which keeps it to about 16 bits).
@@ -625,7 +631,7 @@ inline void DotBlock(PairsA A, const uint16_t *b, int64_t b_t, int64_t b_v, int6
     for (int v = 0; v < NV; ++v) acc[m][v] = kAccumulate ? _mm512_loadu_ps(c + m * ldc + v * 16) : _mm512_setzero_ps();
   }
   auto broadcast = [](const uint32_t *at) {  // in a register: not one broadcast load per multiply
-    return bf16::InRegister(bf16::BroadcastPair(*at));
+    return PairsInRegister(bf16::BroadcastPair(*at));
   };
   for (int64_t t = 0; t < steps; ++t) {
     bf16::Pairs x[MR], y[kSplit ? MR : 1];
@@ -635,7 +641,7 @@ inline void DotBlock(PairsA A, const uint16_t *b, int64_t b_t, int64_t b_v, int6
     }
     const uint16_t *bt = b + t * b_t;
     for (int v = 0; v < NV; ++v) {
-      const bf16::Pairs z = bf16::InRegister(_mm512_loadu_si512(bt + v * b_v));
+      const bf16::Pairs z = PairsInRegister(_mm512_loadu_si512(bt + v * b_v));
       for (int m = 0; m < MR; ++m) {
         acc[m][v] = bf16::DotPairs(acc[m][v], x[m], z);
         if (kSplit) acc[m][v] = bf16::DotPairs(acc[m][v], y[m], z);
