@@ -25,8 +25,8 @@ inline void ScoreBlock(const float *q, int64_t ldq, const E *const *k, int64_t D
   for (int i = 0; i < MR * NR; ++i) acc[i] = Zero();
   int64_t d = 0;
   for (; d + kWidth <= D; d += kWidth) {
-    Vec qv[MR];
-    for (int r = 0; r < MR; ++r) qv[r] = Load(q + r * ldq + d);
+    Vec qv[MR];  // in registers: each serves NR keys (folded into the FMAs it would be loaded NR times)
+    for (int r = 0; r < MR; ++r) qv[r] = InRegister(Load(q + r * ldq + d));
     for (int j = 0; j < NR; ++j) {
       const Vec kv = Load(k[j] + d);
       for (int r = 0; r < MR; ++r) acc[r * NR + j] = Fma(qv[r], kv, acc[r * NR + j]);
