@@ -246,6 +246,77 @@ void CheckBf16Pairs() {
     }
   }
 }
+
+// ScoreTilePairs: bfloat16 query rows (zero-padded to 32) . bfloat16 keys, times the scale.
+void CheckScoresPairs(int64_t rows, int64_t n, int64_t D) {
+  const int64_t ldq = (D + 31) / 32 * 32 + 32, lds = n + 5;
+  const float scale = 0.37f;
+  const Rows<BFloat16> qrows(rows, D), k(n, D);
+  std::vector<BFloat16> q(rows * ldq, BFloat16{0});
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t d = 0; d < D; ++d) q[r * ldq + d] = qrows.data[r][d];
+  }
+  std::vector<float> s(rows * lds, kSentinel);
+  ScoreTilePairs(q.data(), ldq, rows, k.ptr.data(), n, D, scale, s.data(), lds);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t j = 0; j < lds; ++j) {
+      const double got = s[r * lds + j];
+      if (j >= n) {
+        if (got != kSentinel) Report("ScoreTilePairs wrote past n:", "bfloat16", rows, n, D, r, j, got, kSentinel);
+        continue;
+      }
+      double want = 0, mag = 0;
+      for (int64_t d = 0; d < D; ++d) {
+        want += qrows.At(r, d) * k.At(j, d) * scale;
+        mag += std::fabs(qrows.At(r, d) * k.At(j, d) * scale);
+      }
+      if (std::fabs(got - want) > 1e-5 * mag + 1e-30) Report("ScoreTilePairs", "bfloat16", rows, n, D, r, j, got, want);
+    }
+  }
+}
+
+// AccumulateTilePairs: acc * corr + bf16(p) . v, the probabilities rounded to bfloat16.
+void CheckValuesPairs(int64_t rows, int64_t n, int64_t D) {
+  std::uniform_real_distribution<float> unit(0.f, 1.f);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  const int64_t lda = D + 7, ldp = n + 2;
+  std::vector<float> acc(rows * lda), p(rows * ldp), corr(rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t d = 0; d < lda; ++d) acc[r * lda + d] = d < D ? normal(rng) : kSentinel;
+  }
+  for (auto &x : p) x = unit(rng);
+  for (int64_t r = 0; r < rows; ++r) corr[r] = r % 3 == 0 ? 1.f : unit(rng);
+  const std::vector<float> before = acc;
+  const Rows<BFloat16> v(n, D);
+  AccumulateTilePairs(acc.data(), lda, rows, corr.data(), p.data(), ldp, v.ptr.data(), n, D);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t d = 0; d < lda; ++d) {
+      const double got = acc[r * lda + d];
+      if (d >= D) {
+        if (got != kSentinel) Report("AccumulateTilePairs wrote past D:", "bfloat16", rows, n, D, r, d, got, kSentinel);
+        continue;
+      }
+      double want = before[r * lda + d] * corr[r], mag = std::fabs(want);
+      for (int64_t j = 0; j < n; ++j) {
+        const double pj = BF16ToFloat(FloatToBF16(p[r * ldp + j]));
+        want += pj * v.At(j, d);
+        mag += std::fabs(pj * v.At(j, d));
+      }
+      if (std::fabs(got - want) > 1e-5 * mag + 1e-30) Report("AccumulateTilePairs", "bfloat16", rows, n, D, r, d, got, want);
+    }
+  }
+}
+
+void CheckPairTiles() {
+  for (int64_t rows = 1; rows < kPairRowsMax; ++rows) {
+    for (int64_t n : {1, 2, 3, 15, 16, 17, 31, 32, 33, 64, 70}) {
+      for (int64_t D : {1, 7, 16, 17, 40, 64, 72, 80, 96, 127, 128, 130, 192, 256}) {
+        CheckScoresPairs(rows, n, D);
+        CheckValuesPairs(rows, n, D);
+      }
+    }
+  }
+}
 #endif
 
 }  // namespace
@@ -265,6 +336,7 @@ int main() {
   }
 #if defined(MSA_BF16_PAIRS)
   CheckBf16Pairs();
+  CheckPairTiles();
   const char *isa = bf16::kNativeDot ? "avx512bf16" : "avx512";
 #else
   const char *isa = simd::kHasSimd ? (simd::kWidth == 16 ? "avx512" : "avx2") : "scalar";

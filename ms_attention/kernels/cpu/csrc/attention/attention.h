@@ -12,6 +12,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "attention/kv_access.h"
@@ -49,13 +51,30 @@ struct Scratch {
   float *rscores;  // rows x kKeyTile: the rope part of the scores
   float *corr;     // rows: online softmax corrections of the current tile
   float *row;      // max(D, Dr) + 1: a widened key/value row (scalar path), the merged output row
+  BFloat16 *qb;    // rows x PairRow(D): the raw bfloat16 query rows, zero-padded (the pair paths)
+  static int64_t PairRow(int64_t D) { return (D + 31) / 32 * 32; }
   static int64_t Floats(int64_t rows, int64_t D, int64_t Dr) {
-    return rows * D + rows * Dr + 2 * rows + 2 * rows * kKeyTile + rows + std::max(D, Dr) + 1;
+    return rows * D + rows * Dr + 2 * rows + 2 * rows * kKeyTile + rows + std::max(D, Dr) + 1 +
+           rows * PairRow(D) / 2 + 16;
   }
   Scratch(float *base, int64_t rows, int64_t D, int64_t Dr)
       : q(base), qr(q + rows * D), bias(qr + rows * Dr), qsum(bias + rows), scores(qsum + rows),
-        rscores(scores + rows * kKeyTile), corr(rscores + rows * kKeyTile), row(corr + rows) {}
+        rscores(scores + rows * kKeyTile), corr(rscores + rows * kKeyTile), row(corr + rows),
+        qb(reinterpret_cast<BFloat16 *>(row + std::max(D, Dr) + 1)) {}
 };
+
+// Whether a unit of `rows` rows with keys/values of type E takes the bfloat16 pair tiles (vdpbf16ps, the
+// probabilities rounded to bfloat16): bfloat16 query and keys, on AVX-512, with few rows (decode).
+template <class E>
+inline bool UsesPairs(const Problem &p, int64_t rows) {
+#if defined(MSA_BF16_PAIRS)
+  return std::is_same<E, BFloat16>::value && p.q_dtype == abi::kBfloat16 && rows < kPairRowsMax;
+#else
+  (void)p;
+  (void)rows;
+  return false;
+#endif
+}
 
 template <class T>
 inline void AddRow(const T *src, int64_t n, float *dst) {
@@ -83,6 +102,11 @@ inline void LoadQueryRows(const Problem &p, const Unit &u, Scratch &sc) {
     const int64_t h = u.kh * G + r % G, pos = p.q_start[u.b] + u.p0 + r / G;
     float *q = sc.q + r * D;
     LoadRowAs(p.q_dtype, p.query, p.q_rows.At(u.b, h, pos), D, q);
+    if (p.q_dtype == abi::kBfloat16) {  // the pair paths take the raw row
+      BFloat16 *qb = sc.qb + r * Scratch::PairRow(D);
+      std::memcpy(qb, static_cast<const BFloat16 *>(p.query) + p.q_rows.At(u.b, h, pos), D * sizeof(BFloat16));
+      std::fill(qb + D, qb + Scratch::PairRow(D), BFloat16{0});
+    }
     for (int64_t d = 0; d < D; ++d) q[d] *= scale;
     sc.bias[r] = p.kv.antiquant.enabled() ? FoldKeyAntiquant(p.kv.antiquant, u.kh, D, q) : 0.f;
     if (p.kv.key_tokens.enabled()) {
@@ -206,7 +230,19 @@ inline void PrefetchRows(const E *const *k, const E *const *v, int64_t n, int64_
 template <class E, class R>
 inline void TileScores(const Problem &p, const Unit &u, int64_t j, int64_t n, const E *const *k, Scratch &sc) {
   const int64_t rows = u.np * p.G, D = p.D;
+#if defined(MSA_BF16_PAIRS)
+  if constexpr (std::is_same<E, BFloat16>::value) {
+    if (UsesPairs<E>(p, rows)) {
+      ScoreTilePairs(sc.qb, Scratch::PairRow(D), rows, k, n, D, ScoreScale(p), sc.scores, kKeyTile);
+    } else {
+      ScoreTile(sc.q, D, rows, k, n, D, sc.scores, kKeyTile, sc.row);
+    }
+  } else {
+    ScoreTile(sc.q, D, rows, k, n, D, sc.scores, kKeyTile, sc.row);
+  }
+#else
   ScoreTile(sc.q, D, rows, k, n, D, sc.scores, kKeyTile, sc.row);
+#endif
   if (p.kv.key_tokens.enabled()) ApplyKeyTokens(p, u, j, n, sc);
   if (p.rope.enabled()) {
     const int64_t Dr = p.rope.Dr;
@@ -249,6 +285,21 @@ inline void DropTile(const Problem &p, const Unit &u, int64_t j, int64_t n, Scra
   }
 }
 
+// acc = acc * corr + P.V for the tile's probabilities (sc.scores) and values v.
+template <class E>
+inline void AccumulateValues(const Problem &p, int64_t rows, Scratch &sc, const E *const *v, int64_t n, float *acc,
+                             int64_t lda) {
+#if defined(MSA_BF16_PAIRS)
+  if constexpr (std::is_same<E, BFloat16>::value) {
+    if (UsesPairs<E>(p, rows)) {
+      AccumulateTilePairs(acc, lda, rows, sc.corr, sc.scores, kKeyTile, v, n, p.D);
+      return;
+    }
+  }
+#endif
+  AccumulateTile(acc, lda, rows, sc.corr, sc.scores, kKeyTile, v, n, p.D, sc.row);
+}
+
 // Online softmax over keys [u.t0, u.t1) of the key sequence: running max m, sum l and unnormalised acc per
 // row (lda floats: D, plus the per-token value offsets' column).
 template <class E, class R>
@@ -280,7 +331,7 @@ void AttendUnit(const Problem &p, const Unit &u, Scratch &sc, float *m, float *l
     if (p.full_quant.enabled) continue;  // first pass: only m and l; QuantizedValues does the values
     if (p.kv.value_tokens.enabled()) ApplyValueTokens(p, u, j, n, sc, acc, lda);
     if (p.dropout.enabled()) DropTile(p, u, j, n, sc);
-    AccumulateTile(acc, lda, rows, sc.corr, sc.scores, kKeyTile, v, n, D, sc.row);
+    AccumulateValues(p, rows, sc, v, n, acc, lda);
   }
 }
 

@@ -53,6 +53,12 @@ inline Vec DotPairs(Vec acc, Pairs a, Pairs b) {
 #endif
 }
 
+// x, kept in a register (see simd::InRegister).
+inline Pairs InRegister(Pairs x) {
+  __asm__("" : "+v"(x));
+  return x;
+}
+
 // Values [0, 32) of p as 16 pairs; with a count n, values [0, n) and zeros after (reads only those n).
 inline Pairs LoadPairs(const BFloat16 *p) { return _mm512_loadu_si512(p); }
 inline Pairs LoadPairs(const BFloat16 *p, int64_t n) { return _mm512_maskz_loadu_epi16(FirstN32(n), p); }

@@ -11,6 +11,7 @@
 
 #include <cstdint>
 
+#include "attention/bf16_dot.h"
 #include "attention/simd.h"
 #include "attention/tile_pack.h"
 
@@ -22,11 +23,13 @@ template <class E, int MR, int NR>
 inline void ScoreBlock(const float *q, int64_t ldq, const E *const *k, int64_t D, float *s, int64_t lds) {
   using namespace simd;
   Vec acc[MR * NR];
+#pragma GCC unroll 16
   for (int i = 0; i < MR * NR; ++i) acc[i] = Zero();
   int64_t d = 0;
   for (; d + kWidth <= D; d += kWidth) {
     Vec qv[MR];  // in registers: each serves NR keys (folded into the FMAs it would be loaded NR times)
     for (int r = 0; r < MR; ++r) qv[r] = InRegister(Load(q + r * ldq + d));
+#pragma GCC unroll 16
     for (int j = 0; j < NR; ++j) {
       const Vec kv = Load(k[j] + d);
       for (int r = 0; r < MR; ++r) acc[r * NR + j] = Fma(qv[r], kv, acc[r * NR + j]);
@@ -36,6 +39,7 @@ inline void ScoreBlock(const float *q, int64_t ldq, const E *const *k, int64_t D
     const int n = static_cast<int>(D - d);
     Vec qv[MR];
     for (int r = 0; r < MR; ++r) qv[r] = Load(q + r * ldq + d, n);
+#pragma GCC unroll 16
     for (int j = 0; j < NR; ++j) {
       const Vec kv = Load(k[j] + d, n);
       for (int r = 0; r < MR; ++r) acc[r * NR + j] = Fma(qv[r], kv, acc[r * NR + j]);
@@ -63,7 +67,77 @@ inline void ScoreRows(const float *q, int64_t ldq, const E *const *k, int64_t n,
 }
 #endif
 
+#if defined(MSA_BF16_PAIRS)
+// ScoreBlock for bfloat16 query rows and keys, in pairs (vdpbf16ps): no widening, half the multiply-adds.
+// The query rows are zero-padded to a multiple of 32 values, the keys' last chunk is a masked load.
+template <int MR, int NR>
+inline void ScoreBlockPairs(const BFloat16 *q, int64_t ldq, const BFloat16 *const *k, int64_t D, float scale,
+                            float *s, int64_t lds) {
+  using namespace simd;
+  Vec acc[MR * NR];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR * NR; ++i) acc[i] = Zero();
+  int64_t d = 0;
+  for (; d + 32 <= D; d += 32) {
+    bf16::Pairs qv[MR];
+    for (int r = 0; r < MR; ++r) qv[r] = bf16::InRegister(bf16::LoadPairs(q + r * ldq + d));
+#pragma GCC unroll 16
+    for (int j = 0; j < NR; ++j) {
+      const bf16::Pairs kv = bf16::LoadPairs(k[j] + d);
+      for (int r = 0; r < MR; ++r) acc[r * NR + j] = bf16::DotPairs(acc[r * NR + j], qv[r], kv);
+    }
+  }
+  if (d < D) {
+    bf16::Pairs qv[MR];
+    for (int r = 0; r < MR; ++r) qv[r] = bf16::LoadPairs(q + r * ldq + d);
+#pragma GCC unroll 16
+    for (int j = 0; j < NR; ++j) {
+      const bf16::Pairs kv = bf16::LoadPairs(k[j] + d, D - d);
+      for (int r = 0; r < MR; ++r) acc[r * NR + j] = bf16::DotPairs(acc[r * NR + j], qv[r], kv);
+    }
+  }
+  if constexpr (MR * NR == kWidth) {
+    alignas(64) float sums[kWidth];
+    Store(sums, Mul(SumEach(acc), Set1(scale)));
+    for (int r = 0; r < MR; ++r) {
+      for (int j = 0; j < NR; ++j) s[r * lds + j] = sums[r * NR + j];
+    }
+  } else {
+    for (int r = 0; r < MR; ++r) {
+      for (int j = 0; j < NR; ++j) s[r * lds + j] = ReduceAdd(acc[r * NR + j]) * scale;
+    }
+  }
+}
+
+template <int MR, int NR>
+inline void ScoreRowsPairs(const BFloat16 *q, int64_t ldq, const BFloat16 *const *k, int64_t n, int64_t D,
+                           float scale, float *s, int64_t lds) {
+  int64_t j = 0;
+  for (; j + NR <= n; j += NR) ScoreBlockPairs<MR, NR>(q, ldq, k + j, D, scale, s + j, lds);
+  for (; j < n; ++j) ScoreBlockPairs<MR, 1>(q, ldq, k + j, D, scale, s + j, lds);
+}
+#endif
+
 }  // namespace detail
+
+#if defined(MSA_BF16_PAIRS)
+// s[r * lds + j] = (q_r . k_j) * scale for bfloat16 query rows (raw, not scaled: each product is exact) and
+// keys, r < rows, j < n. Query rows hold D values zero-padded to a multiple of 32 (ldq >= that).
+inline void ScoreTilePairs(const BFloat16 *q, int64_t ldq, int64_t rows, const BFloat16 *const *k, int64_t n,
+                           int64_t D, float scale, float *s, int64_t lds) {
+  constexpr int W = simd::kWidth;
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4) detail::ScoreRowsPairs<4, W / 4>(q + r * ldq, ldq, k, n, D, scale, s + r * lds, lds);
+  q += r * ldq;
+  s += r * lds;
+  switch (rows - r) {
+    case 1: detail::ScoreRowsPairs<1, W>(q, ldq, k, n, D, scale, s, lds); break;
+    case 2: detail::ScoreRowsPairs<2, W / 2>(q, ldq, k, n, D, scale, s, lds); break;
+    case 3: detail::ScoreRowsPairs<3, W / 4>(q, ldq, k, n, D, scale, s, lds); break;
+    default: break;
+  }
+}
+#endif
 
 // s[r * lds + j] = q[r * ldq, + D) . k[j][0, D) for r < rows, j < n. row_scratch (D floats) is used only
 // without SIMD, where each key row is widened once and then dotted with every query row.

@@ -75,10 +75,12 @@ template <class Op>
 __attribute__((always_inline)) inline Vec CombineEach(const Vec *v, Op op) {
   auto in = [v](int i) { return v[(i % 4) * 4 + i / 4]; };
   Vec w[8], u[4];
+#pragma GCC unroll 8
   for (int k = 0; k < 8; ++k) {  // lanes 0-1: halves of input 2k, lanes 2-3: of input 2k+1
     const Vec a = in(2 * k), b = in(2 * k + 1);
     w[k] = op(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
   }
+#pragma GCC unroll 4
   for (int m = 0; m < 4; ++m) {  // lane k: four partial results of input 4m + k
     const Vec a = w[2 * m], b = w[2 * m + 1];
     u[m] = op(_mm512_shuffle_f32x4(a, b, 0x88), _mm512_shuffle_f32x4(a, b, 0xDD));

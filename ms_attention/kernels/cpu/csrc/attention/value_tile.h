@@ -6,8 +6,10 @@
 // tile is first widened to float32 once (tile_pack.h), so the blocks read float32 rows with no conversion.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
+#include "attention/bf16_dot.h"
 #include "attention/simd.h"
 #include "attention/tile_pack.h"
 
@@ -63,7 +65,101 @@ inline void ValueRows(float *acc, int64_t lda, const float *corr, const float *p
 }
 #endif
 
+#if defined(MSA_BF16_PAIRS)
+// ValueBlock for bfloat16 values and probabilities rounded to bfloat16, two keys per vdpbf16ps: the rows of
+// keys j and j + 1 are interleaved into (v_j[d], v_j+1[d]) pairs in registers and dotted with the broadcast
+// pair (p_j, p_j+1) of each row. MR rows x NC vectors of 16 columns (NC even: whole 32-column chunks of a
+// value row) from column d0; kTail: one chunk of `tail` < 32 columns (NC == 2). pp[r * ldpp + t]: the pair of
+// keys 2t, 2t + 1 of row r (0 after an odd n). corr == nullptr: no rescale.
+template <int MR, int NC, bool kTail>
+inline void ValueBlockPairs(float *acc, int64_t lda, const float *corr, const uint32_t *pp, int64_t ldpp,
+                            const BFloat16 *const *v, int64_t n, int64_t d0, int tail) {
+  using namespace simd;
+  static_assert(NC % 2 == 0 && (!kTail || NC == 2), "whole 32-column chunks; a tail is one chunk");
+  auto columns = [tail](int i) { return kTail ? std::min(16, std::max(0, tail - 16 * i)) : 16; };
+  Vec a[MR * NC];
+  for (int r = 0; r < MR; ++r) {
+    for (int i = 0; i < NC; ++i) {
+      const float *src = acc + r * lda + d0 + i * kWidth;
+      Vec x = kTail ? (columns(i) > 0 ? Load(src, columns(i)) : Zero()) : Load(src);
+      if (corr != nullptr && corr[r] != 1.f) x = Mul(x, Set1(corr[r]));
+      a[r * NC + i] = x;
+    }
+  }
+  auto step = [&](int64_t j, const BFloat16 *second) {
+    bf16::Pairs w[MR];
+    for (int r = 0; r < MR; ++r) w[r] = bf16::BroadcastPair(pp[r * ldpp + j / 2]);
+    for (int c = 0; c < NC / 2; ++c) {
+      const int64_t at = d0 + 32 * c;
+      const bf16::Pairs x = kTail ? bf16::LoadPairs(v[j] + at, tail) : bf16::LoadPairs(v[j] + at);
+      const bf16::Pairs y = second == nullptr ? _mm512_setzero_si512()
+                            : kTail           ? bf16::LoadPairs(second + at, tail)
+                                              : bf16::LoadPairs(second + at);
+      bf16::Pairs lo, hi;
+      bf16::InterleaveRows(x, y, &lo, &hi);
+      for (int r = 0; r < MR; ++r) {
+        a[r * NC + 2 * c] = bf16::DotPairs(a[r * NC + 2 * c], lo, w[r]);
+        a[r * NC + 2 * c + 1] = bf16::DotPairs(a[r * NC + 2 * c + 1], hi, w[r]);
+      }
+    }
+  };
+  int64_t j = 0;
+  for (; j + 2 <= n; j += 2) step(j, v[j + 1]);
+  if (j < n) step(j, nullptr);
+  for (int r = 0; r < MR; ++r) {
+    for (int i = 0; i < NC; ++i) {
+      float *dst = acc + r * lda + d0 + i * kWidth;
+      if (!kTail) {
+        Store(dst, a[r * NC + i]);
+      } else if (columns(i) > 0) {
+        Store(dst, a[r * NC + i], columns(i));
+      }
+    }
+  }
+}
+
+template <int MR, int NC>
+inline void ValueRowsPairs(float *acc, int64_t lda, const float *corr, const uint32_t *pp, int64_t ldpp,
+                           const BFloat16 *const *v, int64_t n, int64_t D) {
+  int64_t d = 0;
+  for (; d + NC * 16 <= D; d += NC * 16) ValueBlockPairs<MR, NC, false>(acc, lda, corr, pp, ldpp, v, n, d, 32);
+  for (; d + 32 <= D; d += 32) ValueBlockPairs<MR, 2, false>(acc, lda, corr, pp, ldpp, v, n, d, 32);
+  if (d < D) ValueBlockPairs<MR, 2, true>(acc, lda, corr, pp, ldpp, v, n, d, static_cast<int>(D - d));
+}
+#endif
+
 }  // namespace detail
+
+#if defined(MSA_BF16_PAIRS)
+constexpr int64_t kPairRowsMax = 16;  // AccumulateTilePairs takes fewer rows than this (decode: in place)
+
+// AccumulateTile for bfloat16 values with the probabilities rounded to bfloat16 (SPEC §2.4), in pairs of keys
+// (vdpbf16ps): acc[r * lda, + D) = acc * corr[r] + sum_{j < n} bf16(p[r * ldp + j]) * v[j][0, D), rows < 16.
+inline void AccumulateTilePairs(float *acc, int64_t lda, int64_t rows, const float *corr, const float *p,
+                                int64_t ldp, const BFloat16 *const *v, int64_t n, int64_t D) {
+  constexpr int64_t kChunk = 32;  // keys whose probabilities are rounded at once
+  alignas(64) uint32_t pp[kPairRowsMax * kChunk / 2];
+  for (int64_t j0 = 0; j0 < n; j0 += kChunk) {
+    const int64_t nn = std::min(kChunk, n - j0);
+    for (int64_t r = 0; r < rows; ++r) bf16::RoundRowToPairs(p + r * ldp + j0, nn, pp + r * (kChunk / 2));
+    const float *c = j0 == 0 ? corr : nullptr;  // the rescale goes with the first chunk
+    constexpr int64_t ld = kChunk / 2;
+    int64_t r = 0;
+    for (; r + 4 <= rows; r += 4) {
+      detail::ValueRowsPairs<4, 4>(acc + r * lda, lda, c ? c + r : nullptr, pp + r * ld, ld, v + j0, nn, D);
+    }
+    float *a = acc + r * lda;
+    const float *cr = c ? c + r : nullptr;
+    const uint32_t *q = pp + r * ld;
+    switch (rows - r) {
+      case 1: detail::ValueRowsPairs<1, 8>(a, lda, cr, q, ld, v + j0, nn, D); break;
+      case 2: detail::ValueRowsPairs<2, 8>(a, lda, cr, q, ld, v + j0, nn, D); break;
+      case 3: detail::ValueRowsPairs<3, 4>(a, lda, cr, q, ld, v + j0, nn, D); break;
+      default: break;
+    }
+  }
+}
+#endif
 
 // acc[r * lda, + D) = acc * corr[r] + sum_{j < n} p[r * ldp + j] * v[j][0, D), for r < rows. row_scratch
 // (D floats) is used only without SIMD, where each value row is widened once and added to every row.
