@@ -109,6 +109,51 @@ inline void ScoreBlockPairs(const BFloat16 *q, int64_t ldq, const BFloat16 *cons
   }
 }
 
+// Packed pair panels (many rows, prefill): s[r][j] = (q_r . k_j) * scale for MR rows and the keys of two panels
+// of 16 (PackPairsTransposed), n <= 32 of them; per pair of head-dim values, a broadcast query pair times
+// each panel's vector: no horizontal reduction.
+template <int MR>
+inline void ScorePanelPairs(const BFloat16 *q, int64_t ldq, const uint32_t *k0, const uint32_t *k1, int64_t pairs,
+                            float scale, int64_t n, float *s, int64_t lds) {
+  using namespace simd;
+  Vec a0[MR], a1[MR];
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) a0[r] = a1[r] = Zero();
+  for (int64_t e = 0; e < pairs; ++e) {
+    const bf16::Pairs x0 = bf16::LoadPairs(k0 + e * 16), x1 = bf16::LoadPairs(k1 + e * 16);
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      const bf16::Pairs qp = bf16::BroadcastPair(q + r * ldq + 2 * e);
+      a0[r] = bf16::DotPairs(a0[r], qp, x0);
+      a1[r] = bf16::DotPairs(a1[r], qp, x1);
+    }
+  }
+  const Vec sv = Set1(scale);
+  for (int r = 0; r < MR; ++r) {
+    if (n >= 32) {
+      Store(s + r * lds, Mul(a0[r], sv));
+      Store(s + r * lds + 16, Mul(a1[r], sv));
+    } else if (n > 16) {
+      Store(s + r * lds, Mul(a0[r], sv));
+      Store(s + r * lds + 16, Mul(a1[r], sv), static_cast<int>(n - 16));
+    } else {
+      Store(s + r * lds, Mul(a0[r], sv), static_cast<int>(n));
+    }
+  }
+}
+
+template <int MR>
+inline void ScorePanelPairsTail(const BFloat16 *q, int64_t ldq, int64_t rows, const uint32_t *k0, const uint32_t *k1,
+                                int64_t pairs, float scale, int64_t n, float *s, int64_t lds) {
+  if constexpr (MR > 0) {
+    if (rows == MR) {
+      ScorePanelPairs<MR>(q, ldq, k0, k1, pairs, scale, n, s, lds);
+    } else {
+      ScorePanelPairsTail<MR - 1>(q, ldq, rows, k0, k1, pairs, scale, n, s, lds);
+    }
+  }
+}
+
 template <int MR, int NR>
 inline void ScoreRowsPairs(const BFloat16 *q, int64_t ldq, const BFloat16 *const *k, int64_t n, int64_t D,
                            float scale, float *s, int64_t lds) {
@@ -122,10 +167,33 @@ inline void ScoreRowsPairs(const BFloat16 *q, int64_t ldq, const BFloat16 *const
 
 #if defined(MSA_BF16_PAIRS)
 // s[r * lds + j] = (q_r . k_j) * scale for bfloat16 query rows (raw, not scaled: each product is exact) and
-// keys, r < rows, j < n. Query rows hold D values zero-padded to a multiple of 32 (ldq >= that).
+// keys, r < rows, j < n. Query rows hold D values zero-padded to a multiple of 32 (ldq >= that). From
+// kPackMinRows rows on the keys are packed into pair panels (outer-product micro-GEMM), below read in place.
 inline void ScoreTilePairs(const BFloat16 *q, int64_t ldq, int64_t rows, const BFloat16 *const *k, int64_t n,
                            int64_t D, float scale, float *s, int64_t lds) {
   constexpr int W = simd::kWidth;
+  const int64_t pairs = (D + 1) / 2;
+  uint32_t *panel = rows >= detail::kPackMinRows
+                        ? reinterpret_cast<uint32_t *>(detail::TileBuffer(0, 32 * pairs))
+                        : nullptr;
+  if (panel != nullptr) {  // many rows: keys packed into pair panels once, then an outer-product micro-GEMM
+    constexpr int MR = detail::kScorePanelRows;
+    for (int64_t j = 0; j < n; j += 32) {
+      const int64_t nj = std::min<int64_t>(32, n - j);
+      bf16::PackPairsTransposed(k + j, std::min<int64_t>(16, nj), D, panel);
+      bf16::PackPairsTransposed(k + j + std::min<int64_t>(16, nj), std::max<int64_t>(0, nj - 16), D, panel + 16 * pairs);
+      int64_t r = 0;
+      for (; r + MR <= rows; r += MR) {
+        detail::ScorePanelPairs<MR>(q + r * ldq, ldq, panel, panel + 16 * pairs, pairs, scale, nj, s + r * lds + j,
+                                    lds);
+      }
+      if (r < rows) {
+        detail::ScorePanelPairsTail<MR - 1>(q + r * ldq, ldq, rows - r, panel, panel + 16 * pairs, pairs, scale, nj,
+                                            s + r * lds + j, lds);
+      }
+    }
+    return;
+  }
   int64_t r = 0;
   for (; r + 4 <= rows; r += 4) detail::ScoreRowsPairs<4, W / 4>(q + r * ldq, ldq, k, n, D, scale, s + r * lds, lds);
   q += r * ldq;
