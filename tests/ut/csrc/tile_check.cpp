@@ -2,6 +2,7 @@
 // loops, for many row counts, key counts and head dims: the in-place paths (few rows), the packed paths (many
 // rows) and every remainder of their register blocks. Compiled by test_attention_tiles.py once per instruction
 // set (AVX-512, AVX2, none). Prints each mismatch; exits 1 if there was one.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -244,6 +245,96 @@ void CheckBf16Pairs() {
       if (e < (D + 1) / 2) want = FloatToBF16(x[2 * e]) | (2 * e + 1 < D ? uint32_t(FloatToBF16(x[2 * e + 1])) << 16 : 0u);
       if (rounded[e] != want) Report("bf16 RoundRowToPairs", "bfloat16", 1, 0, D, 0, e, rounded[e], want);
     }
+    if (D > 3) x[3] = 0.75f;  // SplitRowToPairs: probabilities, finite
+    std::vector<uint32_t> hi((D + 1) / 2 + 16, 0xDEADBEEFu), lo((D + 1) / 2 + 16, 0xDEADBEEFu);
+    bf16::SplitRowToPairs(x.data(), D, hi.data(), lo.data());
+    for (int64_t e = 0; e < (D + 1) / 2 + 16; ++e) {
+      uint32_t want_hi = 0xDEADBEEFu, want_lo = 0xDEADBEEFu;
+      if (e < (D + 1) / 2) {
+        want_hi = want_lo = 0;
+        for (int64_t i = 2 * e; i < std::min<int64_t>(2 * e + 2, D); ++i) {
+          const uint16_t h = FloatToBF16(x[i]), l = FloatToBF16(x[i] - BF16ToFloat(h));
+          want_hi |= uint32_t(h) << (16 * (i - 2 * e));
+          want_lo |= uint32_t(l) << (16 * (i - 2 * e));
+        }
+      }
+      if (hi[e] != want_hi) Report("bf16 SplitRowToPairs hi", "bfloat16", 1, 0, D, 0, e, hi[e], want_hi);
+      if (lo[e] != want_lo) Report("bf16 SplitRowToPairs lo", "bfloat16", 1, 0, D, 0, e, lo[e], want_lo);
+    }
+  }
+}
+
+// ScoreTilePairs (in place below 16 rows, packed pair panels from 16): bfloat16 query rows (zero-padded to
+// 32) . bfloat16 keys, times the scale.
+void CheckScoresPairs(int64_t rows, int64_t n, int64_t D) {
+  const int64_t ldq = (D + 31) / 32 * 32 + 32, lds = n + 5;
+  const float scale = 0.37f;
+  const Rows<BFloat16> qrows(rows, D), k(n, D);
+  std::vector<BFloat16> q(rows * ldq, BFloat16{0});
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t d = 0; d < D; ++d) q[r * ldq + d] = qrows.data[r][d];
+  }
+  std::vector<float> s(rows * lds, kSentinel);
+  ScoreTilePairs(q.data(), ldq, rows, k.ptr.data(), n, D, scale, s.data(), lds);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t j = 0; j < lds; ++j) {
+      const double got = s[r * lds + j];
+      if (j >= n) {
+        if (got != kSentinel) Report("ScoreTilePairs wrote past n:", "bfloat16", rows, n, D, r, j, got, kSentinel);
+        continue;
+      }
+      double want = 0, mag = 0;
+      for (int64_t d = 0; d < D; ++d) {
+        want += qrows.At(r, d) * k.At(j, d) * scale;
+        mag += std::fabs(qrows.At(r, d) * k.At(j, d) * scale);
+      }
+      if (std::fabs(got - want) > 1e-5 * mag + 1e-30) Report("ScoreTilePairs", "bfloat16", rows, n, D, r, j, got, want);
+    }
+  }
+}
+
+// AccumulateTileManyPairs (in place below 16 rows, packed from 16): acc * corr + (hi + lo)(p) . v, the
+// probabilities as the sum of two bfloat16.
+void CheckValuesPairs(int64_t rows, int64_t n, int64_t D) {
+  std::uniform_real_distribution<float> unit(0.f, 1.f);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  const int64_t lda = D + 7, ldp = n + 2;
+  std::vector<float> acc(rows * lda), p(rows * ldp), corr(rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t d = 0; d < lda; ++d) acc[r * lda + d] = d < D ? normal(rng) : kSentinel;
+  }
+  for (auto &x : p) x = unit(rng);
+  for (int64_t r = 0; r < rows; ++r) corr[r] = r % 3 == 0 ? 1.f : unit(rng);
+  const std::vector<float> before = acc;
+  const Rows<BFloat16> v(n, D);
+  AccumulateTileManyPairs(acc.data(), lda, rows, corr.data(), p.data(), ldp, v.ptr.data(), n, D);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t d = 0; d < lda; ++d) {
+      const double got = acc[r * lda + d];
+      if (d >= D) {
+        if (got != kSentinel) Report("AccumulateTilePairs wrote past D:", "bfloat16", rows, n, D, r, d, got, kSentinel);
+        continue;
+      }
+      double want = before[r * lda + d] * corr[r], mag = std::fabs(want);
+      for (int64_t j = 0; j < n; ++j) {
+        const float hi = BF16ToFloat(FloatToBF16(p[r * ldp + j]));
+        const double pj = double(hi) + BF16ToFloat(FloatToBF16(p[r * ldp + j] - hi));
+        want += pj * v.At(j, d);
+        mag += std::fabs(pj * v.At(j, d));
+      }
+      if (std::fabs(got - want) > 1e-5 * mag + 1e-30) Report("AccumulateTilePairs", "bfloat16", rows, n, D, r, d, got, want);
+    }
+  }
+}
+
+void CheckPairTiles() {
+  for (int64_t rows : {1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 15, 16, 17, 23, 24, 25, 31, 37, 64}) {
+    for (int64_t n : {1, 2, 3, 15, 16, 17, 31, 32, 33, 64, 70}) {
+      for (int64_t D : {1, 7, 16, 17, 40, 64, 72, 80, 96, 127, 128, 130, 192, 256}) {
+        CheckScoresPairs(rows, n, D);
+        CheckValuesPairs(rows, n, D);
+      }
+    }
   }
 }
 #endif
@@ -265,6 +356,7 @@ int main() {
   }
 #if defined(MSA_BF16_PAIRS)
   CheckBf16Pairs();
+  CheckPairTiles();
   const char *isa = bf16::kNativeDot ? "avx512bf16" : "avx512";
 #else
   const char *isa = simd::kHasSimd ? (simd::kWidth == 16 ? "avx512" : "avx2") : "scalar";

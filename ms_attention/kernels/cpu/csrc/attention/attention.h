@@ -6,12 +6,15 @@
 // and sliding-window sparse modes) a unit visits only the key tiles some of its rows can see; tiles inside
 // every row's band need no band test, the others get the computed mask. Splits of the key
 // range (split-K, flash-decoding) keep every thread busy when batch x heads alone cannot; their partial
-// results are merged afterwards. Scratch is allocated once per call, before the parallel work, and
-// nothing in it can fail: every index was checked by CheckProblem (validate.h).
+// results are merged afterwards. Scratch comes from the calling thread's arena (CallArena), grown if need be
+// before the parallel work and reused by the next call; nothing in the parallel work can fail: every index was
+// checked by CheckProblem (validate.h).
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "attention/kv_access.h"
@@ -49,13 +52,29 @@ struct Scratch {
   float *rscores;  // rows x kKeyTile: the rope part of the scores
   float *corr;     // rows: online softmax corrections of the current tile
   float *row;      // max(D, Dr) + 1: a widened key/value row (scalar path), the merged output row
+  BFloat16 *qb;    // rows x PairRow(D): the raw bfloat16 query rows, zero-padded (the pair paths)
+  static int64_t PairRow(int64_t D) { return (D + 31) / 32 * 32; }
   static int64_t Floats(int64_t rows, int64_t D, int64_t Dr) {
-    return rows * D + rows * Dr + 2 * rows + 2 * rows * kKeyTile + rows + std::max(D, Dr) + 1;
+    return rows * D + rows * Dr + 2 * rows + 2 * rows * kKeyTile + rows + std::max(D, Dr) + 1 +
+           rows * PairRow(D) / 2 + 16;
   }
   Scratch(float *base, int64_t rows, int64_t D, int64_t Dr)
       : q(base), qr(q + rows * D), bias(qr + rows * Dr), qsum(bias + rows), scores(qsum + rows),
-        rscores(scores + rows * kKeyTile), corr(rscores + rows * kKeyTile), row(corr + rows) {}
+        rscores(scores + rows * kKeyTile), corr(rscores + rows * kKeyTile), row(corr + rows),
+        qb(reinterpret_cast<BFloat16 *>(row + std::max(D, Dr) + 1)) {}
 };
+
+// Whether keys/values of type E take the bfloat16 pair tiles (vdpbf16ps, the probabilities rounded to
+// bfloat16, SPEC §2.4): bfloat16 query and keys, on AVX-512.
+template <class E>
+inline bool UsesPairs(const Problem &p) {
+#if defined(MSA_BF16_PAIRS)
+  return std::is_same<E, BFloat16>::value && p.q_dtype == abi::kBfloat16;
+#else
+  (void)p;
+  return false;
+#endif
+}
 
 template <class T>
 inline void AddRow(const T *src, int64_t n, float *dst) {
@@ -83,6 +102,11 @@ inline void LoadQueryRows(const Problem &p, const Unit &u, Scratch &sc) {
     const int64_t h = u.kh * G + r % G, pos = p.q_start[u.b] + u.p0 + r / G;
     float *q = sc.q + r * D;
     LoadRowAs(p.q_dtype, p.query, p.q_rows.At(u.b, h, pos), D, q);
+    if (p.q_dtype == abi::kBfloat16) {  // the pair paths take the raw row
+      BFloat16 *qb = sc.qb + r * Scratch::PairRow(D);
+      std::memcpy(qb, static_cast<const BFloat16 *>(p.query) + p.q_rows.At(u.b, h, pos), D * sizeof(BFloat16));
+      std::fill(qb + D, qb + Scratch::PairRow(D), BFloat16{0});
+    }
     for (int64_t d = 0; d < D; ++d) q[d] *= scale;
     sc.bias[r] = p.kv.antiquant.enabled() ? FoldKeyAntiquant(p.kv.antiquant, u.kh, D, q) : 0.f;
     if (p.kv.key_tokens.enabled()) {
@@ -190,15 +214,13 @@ inline void BiasAndMask(const Problem &p, const Unit &u, int64_t j, int64_t n, b
   }
 }
 
+// Asks for rows[0, n) (D elements each) to be brought into L2.
 template <class E>
-inline void PrefetchRows(const E *const *k, const E *const *v, int64_t n, int64_t D) {
+inline void PrefetchRows(const E *const *rows, int64_t n, int64_t D) {
   const int64_t bytes = D * static_cast<int64_t>(sizeof(E));
   for (int64_t j = 0; j < n; ++j) {
-    const char *kr = reinterpret_cast<const char *>(k[j]), *vr = reinterpret_cast<const char *>(v[j]);
-    for (int64_t x = 0; x < bytes; x += 64) {
-      __builtin_prefetch(kr + x, 0, 2);
-      __builtin_prefetch(vr + x, 0, 2);
-    }
+    const char *row = reinterpret_cast<const char *>(rows[j]);
+    for (int64_t x = 0; x < bytes; x += 64) __builtin_prefetch(row + x, 0, 2);
   }
 }
 
@@ -206,7 +228,19 @@ inline void PrefetchRows(const E *const *k, const E *const *v, int64_t n, int64_
 template <class E, class R>
 inline void TileScores(const Problem &p, const Unit &u, int64_t j, int64_t n, const E *const *k, Scratch &sc) {
   const int64_t rows = u.np * p.G, D = p.D;
+#if defined(MSA_BF16_PAIRS)
+  if constexpr (std::is_same<E, BFloat16>::value) {
+    if (UsesPairs<E>(p)) {
+      ScoreTilePairs(sc.qb, Scratch::PairRow(D), rows, k, n, D, ScoreScale(p), sc.scores, kKeyTile);
+    } else {
+      ScoreTile(sc.q, D, rows, k, n, D, sc.scores, kKeyTile, sc.row);
+    }
+  } else {
+    ScoreTile(sc.q, D, rows, k, n, D, sc.scores, kKeyTile, sc.row);
+  }
+#else
   ScoreTile(sc.q, D, rows, k, n, D, sc.scores, kKeyTile, sc.row);
+#endif
   if (p.kv.key_tokens.enabled()) ApplyKeyTokens(p, u, j, n, sc);
   if (p.rope.enabled()) {
     const int64_t Dr = p.rope.Dr;
@@ -249,6 +283,21 @@ inline void DropTile(const Problem &p, const Unit &u, int64_t j, int64_t n, Scra
   }
 }
 
+// acc = acc * corr + P.V for the tile's probabilities (sc.scores) and values v.
+template <class E>
+inline void AccumulateValues(const Problem &p, int64_t rows, Scratch &sc, const E *const *v, int64_t n, float *acc,
+                             int64_t lda) {
+#if defined(MSA_BF16_PAIRS)
+  if constexpr (std::is_same<E, BFloat16>::value) {
+    if (UsesPairs<E>(p)) {
+      AccumulateTileManyPairs(acc, lda, rows, sc.corr, sc.scores, kKeyTile, v, n, p.D);
+      return;
+    }
+  }
+#endif
+  AccumulateTile(acc, lda, rows, sc.corr, sc.scores, kKeyTile, v, n, p.D, sc.row);
+}
+
 // Online softmax over keys [u.t0, u.t1) of the key sequence: running max m, sum l and unnormalised acc per
 // row (lda floats: D, plus the per-token value offsets' column).
 template <class E, class R>
@@ -258,10 +307,16 @@ void AttendUnit(const Problem &p, const Unit &u, Scratch &sc, float *m, float *l
   std::fill(m, m + rows, kNegInf);
   std::fill(l, l + rows, 0.f);
   std::fill(acc, acc + rows * lda, 0.f);
-  // Rows that do not follow each other in memory (token-major layouts, paged caches) defeat the hardware
-  // prefetcher, and a block of many rows (prefill) packs each tile at once, stalling on its first touch: ask
-  // for the next tile's rows while this one is computed.
-  const bool prefetch = p.kv.paged || p.kv.rows.seq != D || rows >= kPrefetchRows;
+  // The hardware prefetcher alone leaves a decode unit (few rows, every K/V byte used once) waiting on memory
+  // between its compute phases, contiguous rows or not: one phase ahead, the tile's values are asked for while
+  // its scores are computed, and the next tile's keys while its values are accumulated (measured, one thread,
+  // B=4 N=40 S=8192 D=128: fp16 51-65 -> 42-49 ms, bf16 68 -> 47-52 ms; prefetching a whole tile ahead, or into
+  // L1, was slower; int8 rows, 2 lines, gained nothing). A block of many rows (prefill) packs each tile at
+  // once, stalling on its first touch, and rows that do not follow each other in memory (token-major layouts,
+  // paged caches) defeat the hardware prefetcher: there the next tile's rows are asked for while this one is
+  // computed.
+  const bool phased = rows < kPrefetchRows && sizeof(E) >= 2;
+  const bool prefetch = !phased && (p.kv.paged || p.kv.rows.seq != D || rows >= kPrefetchRows);
   const bool discard_mask = p.mask.data != nullptr && !p.mask.additive;
   const E *k[kKeyTile], *v[kKeyTile], *next_k[kKeyTile], *next_v[kKeyTile];
   for (int64_t j = u.t0; j < u.t1; j += kKeyTile) {
@@ -269,18 +324,25 @@ void AttendUnit(const Problem &p, const Unit &u, Scratch &sc, float *m, float *l
     if (prefetch && j + kKeyTile < u.t1) {
       const int64_t next_n = std::min(kKeyTile, u.t1 - j - kKeyTile);
       KeyTileRows(p, u.b, u.kh, j + kKeyTile, next_n, next_k, next_v);
-      PrefetchRows(next_k, next_v, next_n, D);
+      PrefetchRows(next_k, next_n, D);
+      PrefetchRows(next_v, next_n, D);
     }
     if (discard_mask && TileMasked(p, u, j, n)) continue;
     if (TileOutsideBand(p, u, j, n)) continue;
     KeyTileRows(p, u.b, u.kh, j, n, k, v);
+    if (phased) PrefetchRows(v, n, D);
     TileScores<E, R>(p, u, j, n, k, sc);
     const bool any = SoftmaxTileRows(sc.scores, kKeyTile, rows, n, m, l, sc.corr);
     if (!any) continue;  // every key of the tile is masked for every row: its values are never needed
     if (p.full_quant.enabled) continue;  // first pass: only m and l; QuantizedValues does the values
     if (p.kv.value_tokens.enabled()) ApplyValueTokens(p, u, j, n, sc, acc, lda);
     if (p.dropout.enabled()) DropTile(p, u, j, n, sc);
-    AccumulateTile(acc, lda, rows, sc.corr, sc.scores, kKeyTile, v, n, D, sc.row);
+    if (phased && j + kKeyTile < u.t1) {
+      const int64_t next_n = std::min(kKeyTile, u.t1 - j - kKeyTile);
+      KeyTileRows(p, u.b, u.kh, j + kKeyTile, next_n, next_k, next_v);
+      PrefetchRows(next_k, next_n, D);
+    }
+    AccumulateValues(p, rows, sc, v, n, acc, lda);
   }
 }
 
@@ -336,6 +398,20 @@ inline bool FinishRow(const Problem &p, const Unit &u, int64_t h, bool computed,
   return computed;
 }
 
+// The working memory of a call (split results and per-thread scratch), floats elements, 64-byte aligned: one
+// buffer per calling thread, kept for its next call (no allocation once it has grown). A call's workers use
+// it only inside that call, and a thread never runs two calls at once, so no two calls share it. Throws
+// std::bad_alloc (before any parallel work) when it cannot grow.
+inline float *CallArena(int64_t floats) {
+  thread_local std::vector<float> arena;
+  if (static_cast<int64_t>(arena.size()) < floats + 16) {
+    std::vector<float>().swap(arena);  // free the old one first
+    arena.resize(static_cast<size_t>(floats + 16));
+  }
+  const uintptr_t at = reinterpret_cast<uintptr_t>(arena.data());
+  return reinterpret_cast<float *>((at + 63) & ~static_cast<uintptr_t>(63));
+}
+
 template <class E, class R>
 void Run(const Problem &p) {
   const int64_t G = p.G, D = p.D;
@@ -363,9 +439,10 @@ void Run(const Problem &p) {
   // in part_* (split s of item i at unit i * splits + s) for the merge.
   const bool direct = splits == 1;
   const int64_t buffers = direct ? threads : units;
-  std::vector<float> part_m(buffers * rows), part_l(buffers * rows), part_acc(buffers * rows * lda);
   const int64_t scratch_floats = Scratch::Floats(rows, D, p.rope.Dr);
-  std::vector<float> scratch(threads * scratch_floats);
+  float *const arena = CallArena(2 * buffers * rows + buffers * rows * lda + threads * scratch_floats);
+  float *const part_m = arena, *const part_l = part_m + buffers * rows, *const part_acc = part_l + buffers * rows;
+  float *const scratch = part_acc + buffers * rows * lda;
   // (b, kh, rows) of an item, np <= 0 past the batch's window, and the keys its rows may see. The last query
   // blocks come first: under a causal band they have the most keys, and starting them early balances threads.
   auto item_of = [&](int64_t item) {
@@ -394,8 +471,8 @@ void Run(const Problem &p) {
     Unit u = item_of(w / splits);
     const int64_t s = w % splits, len = u.t1 - u.t0, at = direct ? slot : w;
     if (u.np <= 0) return;
-    float *m = part_m.data() + at * rows, *l = part_l.data() + at * rows, *acc = part_acc.data() + at * rows * lda;
-    Scratch sc(scratch.data() + slot * scratch_floats, rows, D, p.rope.Dr);
+    float *m = part_m + at * rows, *l = part_l + at * rows, *acc = part_acc + at * rows * lda;
+    Scratch sc(scratch + slot * scratch_floats, rows, D, p.rope.Dr);
     // split boundaries on tile multiples from t0, so only the last tile of a range is partial
     const int64_t chunk = len <= 0 ? 0 : ((len + splits - 1) / splits + kKeyTile - 1) / kKeyTile * kKeyTile;
     const int64_t t0 = u.t0;
@@ -416,8 +493,8 @@ void Run(const Problem &p) {
     const Unit u = item_of(item);
     if (u.np <= 0) return;
     const int64_t first = item * splits * rows;
-    store_rows(u, part_m.data() + first, part_l.data() + first, part_acc.data() + first * lda,
-               Scratch(scratch.data() + slot * scratch_floats, rows, D, p.rope.Dr).row);
+    store_rows(u, part_m + first, part_l + first, part_acc + first * lda,
+               Scratch(scratch + slot * scratch_floats, rows, D, p.rope.Dr).row);
   });
 }
 

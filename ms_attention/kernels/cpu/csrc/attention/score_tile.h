@@ -11,6 +11,7 @@
 
 #include <cstdint>
 
+#include "attention/bf16_dot.h"
 #include "attention/simd.h"
 #include "attention/tile_pack.h"
 
@@ -22,11 +23,13 @@ template <class E, int MR, int NR>
 inline void ScoreBlock(const float *q, int64_t ldq, const E *const *k, int64_t D, float *s, int64_t lds) {
   using namespace simd;
   Vec acc[MR * NR];
+#pragma GCC unroll 16
   for (int i = 0; i < MR * NR; ++i) acc[i] = Zero();
   int64_t d = 0;
   for (; d + kWidth <= D; d += kWidth) {
-    Vec qv[MR];
-    for (int r = 0; r < MR; ++r) qv[r] = Load(q + r * ldq + d);
+    Vec qv[MR];  // in registers: each serves NR keys (folded into the FMAs it would be loaded NR times)
+    for (int r = 0; r < MR; ++r) qv[r] = InRegister(Load(q + r * ldq + d));
+#pragma GCC unroll 16
     for (int j = 0; j < NR; ++j) {
       const Vec kv = Load(k[j] + d);
       for (int r = 0; r < MR; ++r) acc[r * NR + j] = Fma(qv[r], kv, acc[r * NR + j]);
@@ -36,6 +39,7 @@ inline void ScoreBlock(const float *q, int64_t ldq, const E *const *k, int64_t D
     const int n = static_cast<int>(D - d);
     Vec qv[MR];
     for (int r = 0; r < MR; ++r) qv[r] = Load(q + r * ldq + d, n);
+#pragma GCC unroll 16
     for (int j = 0; j < NR; ++j) {
       const Vec kv = Load(k[j] + d, n);
       for (int r = 0; r < MR; ++r) acc[r * NR + j] = Fma(qv[r], kv, acc[r * NR + j]);
@@ -63,7 +67,145 @@ inline void ScoreRows(const float *q, int64_t ldq, const E *const *k, int64_t n,
 }
 #endif
 
+#if defined(MSA_BF16_PAIRS)
+// ScoreBlock for bfloat16 query rows and keys, in pairs (vdpbf16ps): no widening, half the multiply-adds.
+// The query rows are zero-padded to a multiple of 32 values, the keys' last chunk is a masked load.
+template <int MR, int NR>
+inline void ScoreBlockPairs(const BFloat16 *q, int64_t ldq, const BFloat16 *const *k, int64_t D, float scale,
+                            float *s, int64_t lds) {
+  using namespace simd;
+  Vec acc[MR * NR];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR * NR; ++i) acc[i] = Zero();
+  int64_t d = 0;
+  for (; d + 32 <= D; d += 32) {
+    bf16::Pairs qv[MR];
+    for (int r = 0; r < MR; ++r) qv[r] = bf16::InRegister(bf16::LoadPairs(q + r * ldq + d));
+#pragma GCC unroll 16
+    for (int j = 0; j < NR; ++j) {
+      const bf16::Pairs kv = bf16::LoadPairs(k[j] + d);
+      for (int r = 0; r < MR; ++r) acc[r * NR + j] = bf16::DotPairs(acc[r * NR + j], qv[r], kv);
+    }
+  }
+  if (d < D) {
+    bf16::Pairs qv[MR];
+    for (int r = 0; r < MR; ++r) qv[r] = bf16::LoadPairs(q + r * ldq + d);
+#pragma GCC unroll 16
+    for (int j = 0; j < NR; ++j) {
+      const bf16::Pairs kv = bf16::LoadPairs(k[j] + d, D - d);
+      for (int r = 0; r < MR; ++r) acc[r * NR + j] = bf16::DotPairs(acc[r * NR + j], qv[r], kv);
+    }
+  }
+  if constexpr (MR * NR == kWidth) {
+    alignas(64) float sums[kWidth];
+    Store(sums, Mul(SumEach(acc), Set1(scale)));
+    for (int r = 0; r < MR; ++r) {
+      for (int j = 0; j < NR; ++j) s[r * lds + j] = sums[r * NR + j];
+    }
+  } else {
+    for (int r = 0; r < MR; ++r) {
+      for (int j = 0; j < NR; ++j) s[r * lds + j] = ReduceAdd(acc[r * NR + j]) * scale;
+    }
+  }
+}
+
+// Packed pair panels (many rows, prefill): s[r][j] = (q_r . k_j) * scale for MR rows and the keys of two panels
+// of 16 (PackPairsTransposed), n <= 32 of them; per pair of head-dim values, a broadcast query pair times
+// each panel's vector: no horizontal reduction.
+template <int MR>
+inline void ScorePanelPairs(const BFloat16 *q, int64_t ldq, const uint32_t *k0, const uint32_t *k1, int64_t pairs,
+                            float scale, int64_t n, float *s, int64_t lds) {
+  using namespace simd;
+  Vec a0[MR], a1[MR];
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r) a0[r] = a1[r] = Zero();
+  for (int64_t e = 0; e < pairs; ++e) {
+    const bf16::Pairs x0 = bf16::LoadPairs(k0 + e * 16), x1 = bf16::LoadPairs(k1 + e * 16);
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      const bf16::Pairs qp = bf16::BroadcastPair(q + r * ldq + 2 * e);
+      a0[r] = bf16::DotPairs(a0[r], qp, x0);
+      a1[r] = bf16::DotPairs(a1[r], qp, x1);
+    }
+  }
+  const Vec sv = Set1(scale);
+  for (int r = 0; r < MR; ++r) {
+    if (n >= 32) {
+      Store(s + r * lds, Mul(a0[r], sv));
+      Store(s + r * lds + 16, Mul(a1[r], sv));
+    } else if (n > 16) {
+      Store(s + r * lds, Mul(a0[r], sv));
+      Store(s + r * lds + 16, Mul(a1[r], sv), static_cast<int>(n - 16));
+    } else {
+      Store(s + r * lds, Mul(a0[r], sv), static_cast<int>(n));
+    }
+  }
+}
+
+template <int MR>
+inline void ScorePanelPairsTail(const BFloat16 *q, int64_t ldq, int64_t rows, const uint32_t *k0, const uint32_t *k1,
+                                int64_t pairs, float scale, int64_t n, float *s, int64_t lds) {
+  if constexpr (MR > 0) {
+    if (rows == MR) {
+      ScorePanelPairs<MR>(q, ldq, k0, k1, pairs, scale, n, s, lds);
+    } else {
+      ScorePanelPairsTail<MR - 1>(q, ldq, rows, k0, k1, pairs, scale, n, s, lds);
+    }
+  }
+}
+
+template <int MR, int NR>
+inline void ScoreRowsPairs(const BFloat16 *q, int64_t ldq, const BFloat16 *const *k, int64_t n, int64_t D,
+                           float scale, float *s, int64_t lds) {
+  int64_t j = 0;
+  for (; j + NR <= n; j += NR) ScoreBlockPairs<MR, NR>(q, ldq, k + j, D, scale, s + j, lds);
+  for (; j < n; ++j) ScoreBlockPairs<MR, 1>(q, ldq, k + j, D, scale, s + j, lds);
+}
+#endif
+
 }  // namespace detail
+
+#if defined(MSA_BF16_PAIRS)
+// s[r * lds + j] = (q_r . k_j) * scale for bfloat16 query rows (raw, not scaled: each product is exact) and
+// keys, r < rows, j < n. Query rows hold D values zero-padded to a multiple of 32 (ldq >= that). From
+// kPackMinRows rows on the keys are packed into pair panels (outer-product micro-GEMM), below read in place.
+inline void ScoreTilePairs(const BFloat16 *q, int64_t ldq, int64_t rows, const BFloat16 *const *k, int64_t n,
+                           int64_t D, float scale, float *s, int64_t lds) {
+  constexpr int W = simd::kWidth;
+  const int64_t pairs = (D + 1) / 2;
+  uint32_t *panel = rows >= detail::kPackMinRows
+                        ? reinterpret_cast<uint32_t *>(detail::TileBuffer(0, 32 * pairs))
+                        : nullptr;
+  if (panel != nullptr) {  // many rows: keys packed into pair panels once, then an outer-product micro-GEMM
+    constexpr int MR = detail::kScorePanelRows;
+    for (int64_t j = 0; j < n; j += 32) {
+      const int64_t nj = std::min<int64_t>(32, n - j);
+      bf16::PackPairsTransposed(k + j, std::min<int64_t>(16, nj), D, panel);
+      bf16::PackPairsTransposed(k + j + std::min<int64_t>(16, nj), std::max<int64_t>(0, nj - 16), D, panel + 16 * pairs);
+      int64_t r = 0;
+      for (; r + MR <= rows; r += MR) {
+        detail::ScorePanelPairs<MR>(q + r * ldq, ldq, panel, panel + 16 * pairs, pairs, scale, nj, s + r * lds + j,
+                                    lds);
+      }
+      if (r < rows) {
+        detail::ScorePanelPairsTail<MR - 1>(q + r * ldq, ldq, rows - r, panel, panel + 16 * pairs, pairs, scale, nj,
+                                            s + r * lds + j, lds);
+      }
+    }
+    return;
+  }
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4) detail::ScoreRowsPairs<4, W / 4>(q + r * ldq, ldq, k, n, D, scale, s + r * lds, lds);
+  q += r * ldq;
+  s += r * lds;
+  switch (rows - r) {
+    case 1: detail::ScoreRowsPairs<1, W>(q, ldq, k, n, D, scale, s, lds); break;
+    case 2: detail::ScoreRowsPairs<2, W / 2>(q, ldq, k, n, D, scale, s, lds); break;
+    case 3: detail::ScoreRowsPairs<3, W / 4>(q, ldq, k, n, D, scale, s, lds); break;
+    default: break;
+  }
+}
+#endif
 
 // s[r * lds + j] = q[r * ldq, + D) . k[j][0, D) for r < rows, j < n. row_scratch (D floats) is used only
 // without SIMD, where each key row is widened once and then dotted with every query row.

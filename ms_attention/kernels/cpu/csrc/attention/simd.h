@@ -72,13 +72,15 @@ inline Vec Load(const int8_t *p, int n) { return Int8ToFloat(_mm_maskz_loadu_epi
 // transpose-and-combine tree, 45 shuffles and ops for 16 results instead of 16 separate reductions. The tree
 // leaves result i in lane 4 * (i % 4) + i / 4, so the inputs are fed in that (self-inverse) order.
 template <class Op>
-inline Vec CombineEach(const Vec *v, Op op) {
+__attribute__((always_inline)) inline Vec CombineEach(const Vec *v, Op op) {
   auto in = [v](int i) { return v[(i % 4) * 4 + i / 4]; };
   Vec w[8], u[4];
+#pragma GCC unroll 8
   for (int k = 0; k < 8; ++k) {  // lanes 0-1: halves of input 2k, lanes 2-3: of input 2k+1
     const Vec a = in(2 * k), b = in(2 * k + 1);
     w[k] = op(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
   }
+#pragma GCC unroll 4
   for (int m = 0; m < 4; ++m) {  // lane k: four partial results of input 4m + k
     const Vec a = w[2 * m], b = w[2 * m + 1];
     u[m] = op(_mm512_shuffle_f32x4(a, b, 0x88), _mm512_shuffle_f32x4(a, b, 0xDD));
@@ -87,8 +89,8 @@ inline Vec CombineEach(const Vec *v, Op op) {
   const Vec t1 = op(_mm512_unpacklo_ps(u[2], u[3]), _mm512_unpackhi_ps(u[2], u[3]));
   return op(_mm512_shuffle_ps(t0, t1, 0x44), _mm512_shuffle_ps(t0, t1, 0xEE));
 }
-inline Vec SumEach(const Vec *v) { return CombineEach(v, [](Vec a, Vec b) { return _mm512_add_ps(a, b); }); }
-inline Vec MaxEach(const Vec *v) { return CombineEach(v, [](Vec a, Vec b) { return _mm512_max_ps(a, b); }); }
+__attribute__((always_inline)) inline Vec SumEach(const Vec *v) { return CombineEach(v, [](Vec a, Vec b) { return _mm512_add_ps(a, b); }); }
+__attribute__((always_inline)) inline Vec MaxEach(const Vec *v) { return CombineEach(v, [](Vec a, Vec b) { return _mm512_max_ps(a, b); }); }
 
 // exp(x) = 2^n * exp(r), n = round(x / ln 2), |r| <= ln 2 / 2, with Cephes' expf polynomial for exp(r)
 // (about 1 ulp). Inputs below -104 (and -inf) give 0: scalef underflows through the subnormals.
@@ -171,7 +173,7 @@ inline Vec Load(const int8_t *p) { return Int8ToFloat(_mm_loadl_epi64(reinterpre
 inline Vec Load(const int8_t *p, int n) { return Int8ToFloat(LoadTail(p, n)); }
 
 // Lane i of the result is the sum of v[i], for kWidth vectors (three levels of horizontal adds).
-inline Vec SumEach(const Vec *v) {
+__attribute__((always_inline)) inline Vec SumEach(const Vec *v) {
   const Vec a = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
   const Vec b = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
   return _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));

@@ -16,11 +16,11 @@
 namespace msa {
 namespace detail {
 
-// Per-thread float buffer `which` (0: keys, 1: values) of at least `floats` elements, 64-byte aligned. It grows
+// Per-thread float buffer `which` (0: keys, 1: values, 2: rounded probabilities) of at least `floats` elements, 64-byte aligned. It grows
 // on a thread's first large tile and is then reused: no allocation on the hot path. nullptr when it cannot grow
 // (the tiles then take their in-place paths: nothing may throw inside a ParallelFor).
 inline float *TileBuffer(int which, int64_t floats) noexcept {
-  thread_local std::vector<float> buffers[2];
+  thread_local std::vector<float> buffers[3];
   std::vector<float> &b = buffers[which];
   if (static_cast<int64_t>(b.size()) < floats + 16) {
     try {
