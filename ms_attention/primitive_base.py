@@ -24,6 +24,7 @@ from mindspore.ops import CustomRegOp, DataType
 from mindspore.ops.primitive import PrimitiveWithInfer
 
 from ms_attention import backends, opdef
+from ms_attention._runtime import device_target
 from ms_attention.infer import registry
 from ms_attention.infer.common import LAYOUT_ENUM, Checker, TensorMeta, dtype_name
 from ms_attention.kernels.cpu import loader
@@ -103,6 +104,7 @@ class Validator(PrimitiveWithInfer):
         self._names = registry.input_names(op_name)
         self._static_names = set(registry.static_names(op_name))
         self._tensor_inputs = opdef.get(op_name).tensor_inputs
+        self._passed: Dict[tuple, Tuple[Tensor, Optional[tuple]]] = {}
 
     def _present(self, metas) -> Tuple[bool, ...]:
         """The kernel's presence flags: a generated input (dropout seed/offset) is always given."""
@@ -132,6 +134,27 @@ class Validator(PrimitiveWithInfer):
 
     # PyNative: real tensors
     def __call__(self, attr_values, *inputs):
+        key = _call_key(attr_values, inputs)
+        passed = self._passed.get(key) if key is not None else None
+        if passed is None:
+            passed = self._check_call(attr_values, inputs)
+            if key is not None:
+                if len(self._passed) >= _MAX_PASSED:
+                    self._passed.clear()
+                self._passed[key] = passed
+        vector, value_check = passed
+        if value_check is not None:
+            metas, attrs, values, tensor_names = value_check
+            values = dict(values)
+            for name in tensor_names:
+                values[name] = inputs[self._names.index(name)].asnumpy()
+            registry.module(self.op_name).check_values(values, metas, attrs)
+        return attr_values, vector
+
+    def _check_call(self, attr_values, inputs):
+        """The checks of a call on its shapes, dtypes and constant values: (the kernel's attribute vector, what
+        check_values needs per call, or None). It is the same for every call with the same attributes, input
+        shapes, dtypes and constant sequences, so a passed result is kept (`_passed`)."""
         metas, static, tensors = {}, {}, {}
         for name, value in zip(self._names, inputs):
             metas[name], static[name] = None, None
@@ -143,20 +166,52 @@ class Validator(PrimitiveWithInfer):
                 raise _not_a_tensor(self.op_name, name, type(value).__name__)
         checked = self._validate(attr_values, metas, static)
         if checked is None:
-            return attr_values, _NOTHING_CHECKED
+            return _NOTHING_CHECKED, None
         attrs, vector = checked
         if backends.on_ascend():       # MindSpore's kernel checks values there; no host copies in a decode loop
-            return attr_values, vector
+            return vector, None
         module = registry.module(self.op_name)
-        values = {}
+        values, tensor_names = {}, []
         for name in module.VALUE_INPUTS:
             if name in tensors:
+                tensor_names.append(name)
                 values[name] = tensors[name].asnumpy()
             elif static.get(name) is not None:
                 values[name] = np.asarray(static[name], np.int64)
         if values:
             module.check_values(values, metas, attrs)
-        return attr_values, vector
+        if not tensor_names:           # constant sequences were checked above; they are part of the cache key
+            return vector, None
+        constant = {n: v for n, v in values.items() if n not in tensor_names}
+        return vector, (metas, attrs, constant, tuple(tensor_names))
+
+
+# Validation results kept per Validator; cleared when full (a loop whose shapes change every step keeps adding).
+_MAX_PASSED = 256
+
+
+def _call_key(attr_values, inputs) -> Optional[tuple]:
+    """What a PyNative call's checks depend on besides Tensor values: the device target, the attributes (with
+    their types, since 8 == 8.0 == True), and per input its shape and dtype, its typed int sequence, or None.
+    None (no caching) for anything unhashable or unexpected, which the uncached checks then reject."""
+    key = [device_target(), tuple((type(v), v) for v in attr_values)]
+    for value in inputs:
+        if isinstance(value, Tensor):
+            key.append(("tensor", value.shape, value.dtype))
+        elif isinstance(value, (list, tuple)):
+            if not all(isinstance(v, (int, float)) for v in value):
+                return None
+            key.append(("sequence",) + tuple((type(v), v) for v in value))
+        elif value is None:
+            key.append(None)
+        else:
+            return None
+    key = tuple(key)
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
 
 
 class PrimitiveMethods:
@@ -243,6 +298,8 @@ class KernelPrimitive(ops.Custom):
         else:
             self._attrs = module.check_attrs(**dict(zip((a.name for a in op.attributes), attr_values)))
         self._absent = dict(zip((a.name for a in op.tensor_inputs), absent))
+        self._absent_flags = tuple(bool(a) for a in absent)
+        self._out_dtypes: Dict[tuple, Any] = {}
         library_path = library_path or loader.library().path
         bprop = self._module.bprop(self._attrs, self._absent) if hasattr(self._module, "bprop") else None
         super().__init__(f"{library_path}:{op.class_name}", out_shape=None, out_dtype=self._out_dtype,
@@ -252,6 +309,20 @@ class KernelPrimitive(ops.Custom):
             self.add_prim_attr("side_effect_mem", True)
 
     def _out_dtype(self, *dtypes):
+        """MindSpore calls this on every PyNative call. The answer is kept per element type of the present
+        inputs, keyed by identity (hashing or printing a TensorType costs microseconds each); the entry holds
+        the element types themselves, so an id in a key cannot be reused by another object."""
+        elements = tuple(d.element_type() if hasattr(d, "element_type") else d
+                         for d, absent in zip(dtypes, self._absent_flags) if not absent)
+        key = tuple(map(id, elements))
+        entry = self._out_dtypes.get(key)
+        if entry is None:
+            if len(self._out_dtypes) >= 64:
+                self._out_dtypes.clear()
+            entry = self._out_dtypes[key] = (elements, self._infer_out_dtype(dtypes))
+        return entry[1]
+
+    def _infer_out_dtype(self, dtypes):
         names = [a.name for a in self._op.tensor_inputs]
         by_name = {n: None if self._absent.get(n) else dtype_name(d) for n, d in zip(names, dtypes)}
         out = tuple(getattr(mstype, name) for name in self._module.output_dtypes(self._attrs, by_name))
