@@ -268,28 +268,49 @@ def int_attributes(op: opdef.OpDef, attrs: Dict[str, Any]) -> Tuple[int, ...]:
     return tuple(values)
 
 
-def _reg_info(op: opdef.OpDef, int_attrs: Tuple[int, ...]):
-    info = CustomRegOp(op.class_name)
-    for i, arg in enumerate(op.tensor_inputs):
-        info = info.input(i, arg.name)
-    info = info.input(len(op.tensor_inputs), "attrs")
+# The reg_info attribute through which a compact entry point (compact_entry.cpp) learns which tensor inputs a
+# call gives: one 0/1 per tensor input in YAML order.
+PRESENT_ATTR = "msa_present"
+
+
+def _reg_info(op: opdef.OpDef, int_attrs: Tuple[int, ...], given: Optional[Tuple[bool, ...]] = None):
+    """The Custom op's registration: every tensor input, or with `given` only those it flags (the compact entry
+    point, registered under its own name since MindSpore keeps one input list per registered name)."""
+    name = op.class_name
+    inputs = [arg.name for arg in op.tensor_inputs]
+    if given is not None:
+        name += "Compact" + "".join("1" if g else "0" for g in given)
+        inputs = [n for n, g in zip(inputs, given) if g]
+    info = CustomRegOp(name)
+    for i, input_name in enumerate(inputs):
+        info = info.input(i, input_name)
+    info = info.input(len(inputs), "attrs")
     outputs = op.returns or (PLACEHOLDER_OUTPUT,)
-    for i, name in enumerate(outputs):
-        info = info.output(i, name)
-    count = len(op.tensor_inputs) + 1 + len(outputs)
+    for i, output_name in enumerate(outputs):
+        info = info.output(i, output_name)
+    count = len(inputs) + 1 + len(outputs)
     info = info.dtype_format(*([DataType.None_None] * count))
     if int_attrs:
         info = info.attr(INT_ATTRS, "required", "listInt", value=list(int_attrs))
+    if given is not None:
+        info = info.attr(PRESENT_ATTR, "required", "listInt", value=[int(g) for g in given])
     return info.target("CPU").get_op_info()
 
 
 class KernelPrimitive(ops.Custom):
-    """The AOT Custom op of one operator, for one attribute tuple and one set of present optional inputs."""
+    """The AOT Custom op of one operator, for one attribute tuple and one set of present optional inputs.
+
+    Graph mode runs it with every input, absent ones as empty placeholders. A PyNative call (this primitive's
+    __call__, which Graph mode never calls) goes to its compact twin instead when the call leaves inputs out:
+    MindSpore's PyNative dispatch costs about 5 us per input, and the placeholders are most of the inputs of a
+    typical call. The twin runs the compact entry point of the same kernel (compact_entry.cpp), which puts the
+    placeholders back. Operators with a bprop keep the full call (the bprop takes every input)."""
 
     def __init__(self, op_name: str, attr_values: Tuple[Any, ...], absent: Tuple[bool, ...], *,
                  op: Optional[opdef.OpDef] = None, module: Any = None, library_path: Optional[str] = None):
         """`op`, `module` and `library_path` default to the operator's OpDef, infer module and the compiled
         library; tests of the mechanism pass their own."""
+        own_kernel = op is None and module is None and library_path is None
         op = op or opdef.get(op_name)
         self._op = op
         self._module = module or registry.module(op_name)
@@ -300,30 +321,58 @@ class KernelPrimitive(ops.Custom):
         self._absent = dict(zip((a.name for a in op.tensor_inputs), absent))
         self._absent_flags = tuple(bool(a) for a in absent)
         self._out_dtypes: Dict[tuple, Any] = {}
-        library_path = library_path or loader.library().path
+        library = loader.library() if own_kernel else None
+        library_path = library_path or library.path
         bprop = self._module.bprop(self._attrs, self._absent) if hasattr(self._module, "bprop") else None
+        self._int_attrs = int_attributes(op, self._attrs)
         super().__init__(f"{library_path}:{op.class_name}", out_shape=None, out_dtype=self._out_dtype,
-                         func_type="aot", bprop=bprop,
-                         reg_info=_reg_info(op, int_attributes(op, self._attrs)))
+                         func_type="aot", bprop=bprop, reg_info=_reg_info(op, self._int_attrs))
         if op.label("side_effect_mem"):
             self.add_prim_attr("side_effect_mem", True)
+        # The compact twin, made on the first PyNative call; None where the full call is used.
+        self._compact_path = None
+        if (own_kernel and bprop is None and op.returns and any(self._absent_flags)
+                and hasattr(library.handle, op.class_name + "Compact")):
+            self._compact_path = f"{library_path}:{op.class_name}Compact"
+        self._compact = None
+        self._keep = tuple(not a for a in self._absent_flags) + (True,)   # the tensor inputs, then attrs
+        self._given_count = self._absent_flags.count(False)
+
+    def __call__(self, *args):
+        if self._compact_path is None or len(args) != len(self._keep):
+            return super().__call__(*args)
+        if self._compact is None:
+            self._compact = ops.Custom(self._compact_path, out_shape=None, out_dtype=self._compact_out_dtype,
+                                       func_type="aot",
+                                       reg_info=_reg_info(self._op, self._int_attrs, tuple(self._keep[:-1])))
+            if self._op.label("side_effect_mem"):
+                self._compact.add_prim_attr("side_effect_mem", True)
+        return self._compact(*[a for a, keep in zip(args, self._keep) if keep])
 
     def _out_dtype(self, *dtypes):
-        """MindSpore calls this on every PyNative call. The answer is kept per element type of the present
-        inputs, keyed by identity (hashing or printing a TensorType costs microseconds each); the entry holds
-        the element types themselves, so an id in a key cannot be reused by another object."""
-        elements = tuple(d.element_type() if hasattr(d, "element_type") else d
-                         for d, absent in zip(dtypes, self._absent_flags) if not absent)
+        """Every input's dtype (absent ones included) -> the output dtypes."""
+        return self._out_dtype_of(tuple(d for d, absent in zip(dtypes, self._absent_flags) if not absent))
+
+    def _compact_out_dtype(self, *dtypes):
+        """The compact twin's: the given inputs' dtypes, then the attribute vector's."""
+        return self._out_dtype_of(dtypes[:self._given_count])
+
+    def _out_dtype_of(self, given):
+        """MindSpore asks on every PyNative call. The answer is kept per element type of the given inputs,
+        keyed by identity (hashing or printing a TensorType costs microseconds each); the entry holds the
+        element types themselves, so an id in a key cannot be reused by another object."""
+        elements = tuple(d.element_type() if hasattr(d, "element_type") else d for d in given)
         key = tuple(map(id, elements))
         entry = self._out_dtypes.get(key)
         if entry is None:
             if len(self._out_dtypes) >= 64:
                 self._out_dtypes.clear()
-            entry = self._out_dtypes[key] = (elements, self._infer_out_dtype(dtypes))
+            entry = self._out_dtypes[key] = (elements, self._infer_out_dtype(given))
         return entry[1]
 
-    def _infer_out_dtype(self, dtypes):
-        names = [a.name for a in self._op.tensor_inputs]
-        by_name = {n: None if self._absent.get(n) else dtype_name(d) for n, d in zip(names, dtypes)}
+    def _infer_out_dtype(self, given):
+        given = iter(given)
+        by_name = {a.name: None if absent else dtype_name(next(given))
+                   for a, absent in zip(self._op.tensor_inputs, self._absent_flags)}
         out = tuple(getattr(mstype, name) for name in self._module.output_dtypes(self._attrs, by_name))
         return out[0] if len(out) == 1 else out

@@ -11,6 +11,7 @@
 // used the pool (whose children have no workers) therefore still runs every call, on one thread.
 #pragma once
 
+#include <pthread.h>
 #include <sched.h>
 
 #include <algorithm>
@@ -93,6 +94,9 @@ class ThreadPool {
   }
 
   void WorkerLoop(int slot) {
+    // A worker would otherwise carry the name of the thread that created it (MindSpore's "backend_queue" or
+    // "ActorThread_0"), which hides it among MindSpore's own threads in top -H and /proc/<pid>/task/*/comm.
+    pthread_setname_np(pthread_self(), "msa_worker");
     uint64_t seen = 0;
     std::unique_lock<std::mutex> lock(mutex_);
     for (;;) {
