@@ -1,6 +1,8 @@
 """Helpers the generated code (ops.py, primitives.py) calls. They run in PyNative and are parsed by Graph mode,
 so they keep to MindSpore's graph syntax; whatever needs plain Python runs in `constexpr` functions, which Graph
 mode evaluates at compile time on constant arguments."""
+import functools
+
 import numpy as np
 from mindspore import Tensor
 from mindspore.context import _context, ms_ctx_param
@@ -61,6 +63,13 @@ def or_empty(x):
 
 @constexpr
 def _int_sequence_tensor(values):
+    return _int_sequence_tensor_cached(tuple(values))
+
+
+@functools.lru_cache(maxsize=256)
+def _int_sequence_tensor_cached(values):
+    """One Tensor per sequence of values: a decode loop passing the same lengths as a list each step does not
+    build a new Tensor per call. The kernels only read these inputs."""
     return Tensor(np.asarray(values, np.int64).reshape(-1))
 
 

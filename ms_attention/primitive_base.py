@@ -310,7 +310,6 @@ class KernelPrimitive(ops.Custom):
                  op: Optional[opdef.OpDef] = None, module: Any = None, library_path: Optional[str] = None):
         """`op`, `module` and `library_path` default to the operator's OpDef, infer module and the compiled
         library; tests of the mechanism pass their own."""
-        own_kernel = op is None and module is None and library_path is None
         op = op or opdef.get(op_name)
         self._op = op
         self._module = module or registry.module(op_name)
@@ -321,7 +320,7 @@ class KernelPrimitive(ops.Custom):
         self._absent = dict(zip((a.name for a in op.tensor_inputs), absent))
         self._absent_flags = tuple(bool(a) for a in absent)
         self._out_dtypes: Dict[tuple, Any] = {}
-        library = loader.library() if own_kernel else None
+        library = loader.library() if library_path is None else None   # None: a test's own library
         library_path = library_path or library.path
         bprop = self._module.bprop(self._attrs, self._absent) if hasattr(self._module, "bprop") else None
         self._int_attrs = int_attributes(op, self._attrs)
@@ -331,7 +330,7 @@ class KernelPrimitive(ops.Custom):
             self.add_prim_attr("side_effect_mem", True)
         # The compact twin, made on the first PyNative call; None where the full call is used.
         self._compact_path = None
-        if (own_kernel and bprop is None and op.returns and any(self._absent_flags)
+        if (library is not None and bprop is None and op.returns and any(self._absent_flags)
                 and hasattr(library.handle, op.class_name + "Compact")):
             self._compact_path = f"{library_path}:{op.class_name}Compact"
         self._compact = None
