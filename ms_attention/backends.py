@@ -12,8 +12,7 @@ import importlib
 import importlib.util
 from typing import Callable, Optional, Tuple
 
-from mindspore import context
-
+from ms_attention._runtime import device_target
 from ms_attention.kernels.cpu import loader
 
 
@@ -45,11 +44,11 @@ def reference_kernel(op_name: str) -> Optional[Callable]:
 
 
 def on_ascend() -> bool:
-    return context.get_context("device_target") == "Ascend"
+    return device_target() == "Ascend"
 
 
 def _ascend_reason() -> str:
-    target = context.get_context("device_target")
+    target = device_target()
     if target == "Ascend":
         return "ascend: MindSpore's own kernel serves this operator on Ascend (calls take that path first)"
     return f"ascend: device_target is {target}"

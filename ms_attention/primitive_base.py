@@ -24,6 +24,7 @@ from mindspore.ops import CustomRegOp, DataType
 from mindspore.ops.primitive import PrimitiveWithInfer
 
 from ms_attention import backends, opdef
+from ms_attention._runtime import device_target
 from ms_attention.infer import registry
 from ms_attention.infer.common import LAYOUT_ENUM, Checker, TensorMeta, dtype_name
 from ms_attention.kernels.cpu import loader
@@ -103,6 +104,7 @@ class Validator(PrimitiveWithInfer):
         self._names = registry.input_names(op_name)
         self._static_names = set(registry.static_names(op_name))
         self._tensor_inputs = opdef.get(op_name).tensor_inputs
+        self._passed: Dict[tuple, Tuple[Tensor, Optional[tuple]]] = {}
 
     def _present(self, metas) -> Tuple[bool, ...]:
         """The kernel's presence flags: a generated input (dropout seed/offset) is always given."""
@@ -132,6 +134,27 @@ class Validator(PrimitiveWithInfer):
 
     # PyNative: real tensors
     def __call__(self, attr_values, *inputs):
+        key = _call_key(attr_values, inputs)
+        passed = self._passed.get(key) if key is not None else None
+        if passed is None:
+            passed = self._check_call(attr_values, inputs)
+            if key is not None:
+                if len(self._passed) >= _MAX_PASSED:
+                    self._passed.clear()
+                self._passed[key] = passed
+        vector, value_check = passed
+        if value_check is not None:
+            metas, attrs, values, tensor_names = value_check
+            values = dict(values)
+            for name in tensor_names:
+                values[name] = inputs[self._names.index(name)].asnumpy()
+            registry.module(self.op_name).check_values(values, metas, attrs)
+        return attr_values, vector
+
+    def _check_call(self, attr_values, inputs):
+        """The checks of a call on its shapes, dtypes and constant values: (the kernel's attribute vector, what
+        check_values needs per call, or None). It is the same for every call with the same attributes, input
+        shapes, dtypes and constant sequences, so a passed result is kept (`_passed`)."""
         metas, static, tensors = {}, {}, {}
         for name, value in zip(self._names, inputs):
             metas[name], static[name] = None, None
@@ -143,20 +166,52 @@ class Validator(PrimitiveWithInfer):
                 raise _not_a_tensor(self.op_name, name, type(value).__name__)
         checked = self._validate(attr_values, metas, static)
         if checked is None:
-            return attr_values, _NOTHING_CHECKED
+            return _NOTHING_CHECKED, None
         attrs, vector = checked
         if backends.on_ascend():       # MindSpore's kernel checks values there; no host copies in a decode loop
-            return attr_values, vector
+            return vector, None
         module = registry.module(self.op_name)
-        values = {}
+        values, tensor_names = {}, []
         for name in module.VALUE_INPUTS:
             if name in tensors:
+                tensor_names.append(name)
                 values[name] = tensors[name].asnumpy()
             elif static.get(name) is not None:
                 values[name] = np.asarray(static[name], np.int64)
         if values:
             module.check_values(values, metas, attrs)
-        return attr_values, vector
+        if not tensor_names:           # constant sequences were checked above; they are part of the cache key
+            return vector, None
+        constant = {n: v for n, v in values.items() if n not in tensor_names}
+        return vector, (metas, attrs, constant, tuple(tensor_names))
+
+
+# Validation results kept per Validator; cleared when full (a loop whose shapes change every step keeps adding).
+_MAX_PASSED = 256
+
+
+def _call_key(attr_values, inputs) -> Optional[tuple]:
+    """What a PyNative call's checks depend on besides Tensor values: the device target, the attributes (with
+    their types, since 8 == 8.0 == True), and per input its shape and dtype, its typed int sequence, or None.
+    None (no caching) for anything unhashable or unexpected, which the uncached checks then reject."""
+    key = [device_target(), tuple((type(v), v) for v in attr_values)]
+    for value in inputs:
+        if isinstance(value, Tensor):
+            key.append(("tensor", value.shape, value.dtype))
+        elif isinstance(value, (list, tuple)):
+            if not all(isinstance(v, (int, float)) for v in value):
+                return None
+            key.append(("sequence",) + tuple((type(v), v) for v in value))
+        elif value is None:
+            key.append(None)
+        else:
+            return None
+    key = tuple(key)
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
 
 
 class PrimitiveMethods:
@@ -213,23 +268,43 @@ def int_attributes(op: opdef.OpDef, attrs: Dict[str, Any]) -> Tuple[int, ...]:
     return tuple(values)
 
 
-def _reg_info(op: opdef.OpDef, int_attrs: Tuple[int, ...]):
-    info = CustomRegOp(op.class_name)
-    for i, arg in enumerate(op.tensor_inputs):
-        info = info.input(i, arg.name)
-    info = info.input(len(op.tensor_inputs), "attrs")
+# The reg_info attribute through which a compact entry point (compact_entry.cpp) learns which tensor inputs a
+# call gives: one 0/1 per tensor input in YAML order.
+PRESENT_ATTR = "msa_present"
+
+
+def _reg_info(op: opdef.OpDef, int_attrs: Tuple[int, ...], given: Optional[Tuple[bool, ...]] = None):
+    """The Custom op's registration: every tensor input, or with `given` only those it flags (the compact entry
+    point, registered under its own name since MindSpore keeps one input list per registered name)."""
+    name = op.class_name
+    inputs = [arg.name for arg in op.tensor_inputs]
+    if given is not None:
+        name += "Compact" + "".join("1" if g else "0" for g in given)
+        inputs = [n for n, g in zip(inputs, given) if g]
+    info = CustomRegOp(name)
+    for i, input_name in enumerate(inputs):
+        info = info.input(i, input_name)
+    info = info.input(len(inputs), "attrs")
     outputs = op.returns or (PLACEHOLDER_OUTPUT,)
-    for i, name in enumerate(outputs):
-        info = info.output(i, name)
-    count = len(op.tensor_inputs) + 1 + len(outputs)
+    for i, output_name in enumerate(outputs):
+        info = info.output(i, output_name)
+    count = len(inputs) + 1 + len(outputs)
     info = info.dtype_format(*([DataType.None_None] * count))
     if int_attrs:
         info = info.attr(INT_ATTRS, "required", "listInt", value=list(int_attrs))
+    if given is not None:
+        info = info.attr(PRESENT_ATTR, "required", "listInt", value=[int(g) for g in given])
     return info.target("CPU").get_op_info()
 
 
 class KernelPrimitive(ops.Custom):
-    """The AOT Custom op of one operator, for one attribute tuple and one set of present optional inputs."""
+    """The AOT Custom op of one operator, for one attribute tuple and one set of present optional inputs.
+
+    Graph mode runs it with every input, absent ones as empty placeholders. A PyNative call (this primitive's
+    __call__, which Graph mode never calls) goes to its compact twin instead when the call leaves inputs out:
+    MindSpore's PyNative dispatch costs about 5 us per input, and the placeholders are most of the inputs of a
+    typical call. The twin runs the compact entry point of the same kernel (compact_entry.cpp), which puts the
+    placeholders back. Operators with a bprop keep the full call (the bprop takes every input)."""
 
     def __init__(self, op_name: str, attr_values: Tuple[Any, ...], absent: Tuple[bool, ...], *,
                  op: Optional[opdef.OpDef] = None, module: Any = None, library_path: Optional[str] = None):
@@ -243,16 +318,60 @@ class KernelPrimitive(ops.Custom):
         else:
             self._attrs = module.check_attrs(**dict(zip((a.name for a in op.attributes), attr_values)))
         self._absent = dict(zip((a.name for a in op.tensor_inputs), absent))
-        library_path = library_path or loader.library().path
+        self._absent_flags = tuple(bool(a) for a in absent)
+        self._out_dtypes: Dict[tuple, Any] = {}
+        library = loader.library() if library_path is None else None   # None: a test's own library
+        library_path = library_path or library.path
         bprop = self._module.bprop(self._attrs, self._absent) if hasattr(self._module, "bprop") else None
+        self._int_attrs = int_attributes(op, self._attrs)
         super().__init__(f"{library_path}:{op.class_name}", out_shape=None, out_dtype=self._out_dtype,
-                         func_type="aot", bprop=bprop,
-                         reg_info=_reg_info(op, int_attributes(op, self._attrs)))
+                         func_type="aot", bprop=bprop, reg_info=_reg_info(op, self._int_attrs))
         if op.label("side_effect_mem"):
             self.add_prim_attr("side_effect_mem", True)
+        # The compact twin, made on the first PyNative call; None where the full call is used.
+        self._compact_path = None
+        if (library is not None and bprop is None and op.returns and any(self._absent_flags)
+                and hasattr(library.handle, op.class_name + "Compact")):
+            self._compact_path = f"{library_path}:{op.class_name}Compact"
+        self._compact = None
+        self._keep = tuple(not a for a in self._absent_flags) + (True,)   # the tensor inputs, then attrs
+        self._given_count = self._absent_flags.count(False)
+
+    def __call__(self, *args):
+        if self._compact_path is None or len(args) != len(self._keep):
+            return super().__call__(*args)
+        if self._compact is None:
+            self._compact = ops.Custom(self._compact_path, out_shape=None, out_dtype=self._compact_out_dtype,
+                                       func_type="aot",
+                                       reg_info=_reg_info(self._op, self._int_attrs, tuple(self._keep[:-1])))
+            if self._op.label("side_effect_mem"):
+                self._compact.add_prim_attr("side_effect_mem", True)
+        return self._compact(*[a for a, keep in zip(args, self._keep) if keep])
 
     def _out_dtype(self, *dtypes):
-        names = [a.name for a in self._op.tensor_inputs]
-        by_name = {n: None if self._absent.get(n) else dtype_name(d) for n, d in zip(names, dtypes)}
+        """Every input's dtype (absent ones included) -> the output dtypes."""
+        return self._out_dtype_of(tuple(d for d, absent in zip(dtypes, self._absent_flags) if not absent))
+
+    def _compact_out_dtype(self, *dtypes):
+        """The compact twin's: the given inputs' dtypes, then the attribute vector's."""
+        return self._out_dtype_of(dtypes[:self._given_count])
+
+    def _out_dtype_of(self, given):
+        """MindSpore asks on every PyNative call. The answer is kept per element type of the given inputs,
+        keyed by identity (hashing or printing a TensorType costs microseconds each); the entry holds the
+        element types themselves, so an id in a key cannot be reused by another object."""
+        elements = tuple(d.element_type() if hasattr(d, "element_type") else d for d in given)
+        key = tuple(map(id, elements))
+        entry = self._out_dtypes.get(key)
+        if entry is None:
+            if len(self._out_dtypes) >= 64:
+                self._out_dtypes.clear()
+            entry = self._out_dtypes[key] = (elements, self._infer_out_dtype(given))
+        return entry[1]
+
+    def _infer_out_dtype(self, given):
+        given = iter(given)
+        by_name = {a.name: None if absent else dtype_name(next(given))
+                   for a, absent in zip(self._op.tensor_inputs, self._absent_flags)}
         out = tuple(getattr(mstype, name) for name in self._module.output_dtypes(self._attrs, by_name))
         return out[0] if len(out) == 1 else out

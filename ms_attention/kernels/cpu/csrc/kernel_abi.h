@@ -74,6 +74,7 @@ enum : int {
 constexpr int kNumParams = in::kCount + out::kCount;  // inputs (attribute vector included), outputs
 constexpr int kPresenceOffset = attr::kCount;  // presence flags of in::0 .. in::kAttrs - 1
 constexpr int kAttrVectorSize = attr::kCount + in::kAttrs;
+constexpr DTypeCode kPlaceholderDTypes[] = {kFloat32, kFloat32, kFloat32, kFloat32, kFloat32, kFloat32};
 }  // namespace advance_step_flashattn
 
 namespace flash_attention_score {
@@ -121,6 +122,7 @@ enum : int {
 constexpr int kNumParams = in::kCount + out::kCount;  // inputs (attribute vector included), outputs
 constexpr int kPresenceOffset = attr::kCount;  // presence flags of in::0 .. in::kAttrs - 1
 constexpr int kAttrVectorSize = attr::kCount + in::kAttrs;
+constexpr DTypeCode kPlaceholderDTypes[] = {kFloat32, kFloat32, kFloat32, kFloat32, kFloat32, kFloat32, kFloat32, kInt64, kInt64, kInt64, kFloat32, kFloat32};
 }  // namespace flash_attention_score
 
 namespace fused_infer_attention_score {
@@ -183,6 +185,7 @@ enum : int {
 constexpr int kNumParams = in::kCount + out::kCount;  // inputs (attribute vector included), outputs
 constexpr int kPresenceOffset = attr::kCount;  // presence flags of in::0 .. in::kAttrs - 1
 constexpr int kAttrVectorSize = attr::kCount + in::kAttrs;
+constexpr DTypeCode kPlaceholderDTypes[] = {kFloat32, kFloat32, kFloat32, kFloat32, kFloat32, kInt64, kInt64, kFloat32, kFloat32, kFloat32, kFloat32, kFloat32, kFloat32, kFloat32, kFloat32, kFloat32, kFloat32, kFloat32, kFloat32, kFloat32, kFloat32, kFloat32, kFloat32, kInt64};
 }  // namespace fused_infer_attention_score
 
 namespace fused_infer_attention_score_v2 {
@@ -255,6 +258,7 @@ enum : int {
 constexpr int kNumParams = in::kCount + out::kCount;  // inputs (attribute vector included), outputs
 constexpr int kPresenceOffset = attr::kCount;  // presence flags of in::0 .. in::kAttrs - 1
 constexpr int kAttrVectorSize = attr::kCount + in::kAttrs;
+constexpr DTypeCode kPlaceholderDTypes[] = {kFloat32, kFloat32, kFloat32, kFloat32, kFloat32, kFloat32, kFloat32, kInt64, kInt64, kFloat32, kFloat32, kFloat32, kFloat32, kFloat32, kFloat32, kFloat32, kFloat32, kFloat32, kFloat32, kFloat32, kFloat32, kInt64};
 }  // namespace fused_infer_attention_score_v2
 
 namespace incre_flash_attention {
@@ -308,6 +312,7 @@ constexpr int64_t kMaxHeadDim = 512;
 constexpr int64_t kMaxBlocksPerSeq = 16384;
 }  // namespace limits
 constexpr int kAttrVectorSize = attr::kCount + in::kAttrs;
+constexpr DTypeCode kPlaceholderDTypes[] = {kFloat32, kFloat32, kFloat32, kFloat32, kInt64, kFloat32, kFloat32, kFloat32, kFloat32, kFloat32, kFloat32, kFloat32, kFloat32, kFloat32, kFloat32};
 }  // namespace incre_flash_attention
 
 namespace prompt_flash_attention {
@@ -352,6 +357,7 @@ enum : int {
 constexpr int kNumParams = in::kCount + out::kCount;  // inputs (attribute vector included), outputs
 constexpr int kPresenceOffset = attr::kCount;  // presence flags of in::0 .. in::kAttrs - 1
 constexpr int kAttrVectorSize = attr::kCount + in::kAttrs;
+constexpr DTypeCode kPlaceholderDTypes[] = {kFloat32, kFloat32, kFloat32, kFloat32, kInt64, kInt64, kFloat32, kFloat32, kFloat32, kFloat32, kFloat32, kFloat32};
 }  // namespace prompt_flash_attention
 
 namespace sparse_flash_attention {
@@ -396,6 +402,7 @@ enum : int {
 constexpr int kNumParams = in::kCount + out::kCount;  // inputs (attribute vector included), outputs
 constexpr int kPresenceOffset = attr::kCount;  // presence flags of in::0 .. in::kAttrs - 1
 constexpr int kAttrVectorSize = attr::kCount + in::kAttrs;
+constexpr DTypeCode kPlaceholderDTypes[] = {kFloat32, kFloat32, kFloat32, kFloat32, kFloat32, kInt64, kInt64, kFloat32, kFloat32};
 }  // namespace sparse_flash_attention
 
 namespace speed_fusion_attention {
@@ -450,6 +457,7 @@ enum : int {
 constexpr int kNumParams = in::kCount + out::kCount;  // inputs (attribute vector included), outputs
 constexpr int kPresenceOffset = attr::kCount;  // presence flags of in::0 .. in::kAttrs - 1
 constexpr int kAttrVectorSize = attr::kCount + in::kAttrs;
+constexpr DTypeCode kPlaceholderDTypes[] = {kFloat32, kFloat32, kFloat32, kFloat32, kFloat32, kFloat32, kFloat32, kFloat32, kInt64, kInt64, kInt64, kInt64, kInt64};
 }  // namespace speed_fusion_attention
 
 namespace flash_attention_score_grad {
@@ -502,7 +510,20 @@ enum : int {
 constexpr int kNumParams = in::kCount + out::kCount;  // inputs (attribute vector included), outputs
 constexpr int kPresenceOffset = attr::kCount;  // presence flags of in::0 .. in::kAttrs - 1
 constexpr int kAttrVectorSize = attr::kCount + in::kAttrs;
+constexpr DTypeCode kPlaceholderDTypes[] = {kFloat32, kFloat32, kFloat32, kFloat32, kFloat32, kFloat32, kFloat32, kFloat32, kFloat32, kFloat32, kInt64, kInt64, kInt64, kInt64, kInt64, kFloat32, kFloat32};
 }  // namespace flash_attention_score_grad
 
 }  // namespace abi
 }  // namespace msa
+
+// Every operator with outputs, as X(op_name, ClassName).
+#define MSA_ABI_OPERATORS(X) \
+  X(flash_attention_score, FlashAttentionScore) \
+  X(fused_infer_attention_score, FusedInferAttentionScore) \
+  X(fused_infer_attention_score_v2, FusedInferAttentionScoreV2) \
+  X(incre_flash_attention, IncreFlashAttention) \
+  X(prompt_flash_attention, PromptFlashAttention) \
+  X(sparse_flash_attention, SparseFlashAttention) \
+  X(speed_fusion_attention, SpeedFusionAttention) \
+  X(flash_attention_score_grad, FlashAttentionScoreGrad) \
+
