@@ -79,6 +79,36 @@ def _print_limits(limits, label):
           flush=True)
 
 
+def best_limits(start, end):
+    """The limits the fractions use: the better of the start and end measurement of each (a limit is a maximum
+    the machine can reach; on a shared machine one of the two may have been slowed by other processes)."""
+    best = dict(start)
+    for key, value in end.items():
+        if isinstance(value, float) and (best.get(key) is None or value > best[key]):
+            best[key] = value
+    return best
+
+
+def apply_limits(rows, limits):
+    """(Re)computes every row's fractions of the machine limits from its rate."""
+    read, fma, bf16 = limits.get("read_GBps"), limits.get("fp32_fma_GFLOPs"), limits.get("bf16_dot_GFLOPs")
+    for row in rows:
+        if row.get("value") is None:
+            continue
+        if row.get("limit") == "read bw":
+            row["of_limit"] = row["value"] / read if read else None
+        elif row.get("limit") == "fp32 FMA peak":
+            row["of_limit"] = row["value"] / fma if fma else None
+        if row["group"] == "decode":
+            shape = row["shape"]
+            roof = bench_decode.roof_gbps(limits, shape["kv"], shape["N"] // shape["kvN"])
+            row["roof_GBps"], row["of_roof"] = roof, row["value"] / roof if roof else None
+        if row.get("of_bf16_peak") is not None:
+            row["of_bf16_peak"] = row["value"] / bf16 if bf16 else None
+        if row["group"] == "sparse":
+            row["of_fma_peak"] = row["GFLOPs"] / fma if fma else None
+
+
 def run(size="full", groups=None, use_torch=True):
     """Runs the selected groups; returns the report (environment, limits at the start and end, rows, summary)."""
     started = time.perf_counter()
@@ -98,11 +128,14 @@ def run(size="full", groups=None, use_torch=True):
         rows += GROUPS[group](settings)
     limits_end = measure_limits(size)
     _print_limits(limits_end, "end")
+    used = best_limits(limits, limits_end)
+    _print_limits(used, "used for the fractions: the better of start and end")
+    apply_limits(rows, used)
     for row in rows:
         row["target_met"], row["target_verdict"] = bench_report.judge(row)
     report = {"environment": env, "settings": {"size": size, "groups": groups, "repeats": settings.repeats,
                                                "budget_s": settings.budget_s},
-              "limits": limits, "limits_end": limits_end, "rows": rows, "summary": bench_report.summary(rows),
+              "limits": limits, "limits_end": limits_end, "limits_used": used, "rows": rows, "summary": bench_report.summary(rows),
               "duration_s": time.perf_counter() - started}
     print()
     print(bench_report.text_table(rows))

@@ -6,8 +6,9 @@
 - MindSpore's composed-ops attention in PyNative: BatchMatMul(Q, K^T) * scale, (masked_fill for causal),
   Softmax, BatchMatMul(P, V), every op in the same dtype (fp16 or fp32; MindSpore's CPU BatchMatMul has no
   bf16). GQA without copying K/V: the G query heads of a KV head become G rows of one batch entry, so the batch
-  axis is (B * kvN). Large shapes run on a subset of that batch axis (a multiple of the thread count) and the
-  time is scaled by the ratio: the batch entries are independent, equal work.
+  axis is (B * kvN). Large shapes run on a subset of that batch axis (a multiple of the thread count) and, for
+  prefill, of the query rows, and the time is scaled by the ratio: batch entries are independent, equal work,
+  and the composed ops compute every (query, key) score whatever the mask, so their work is linear in the rows.
 """
 import numpy as np
 import mindspore as ms
@@ -69,20 +70,31 @@ def composed_batch(b, kv_heads, per_entry_bytes, cap_bytes, threads):
     return min(total, max(threads, fit))
 
 
+def composed_rows(sq, s, entries, cap_bytes):
+    """How many query rows (of sq) a composed prefill run on `entries` batch entries uses: all when their float32
+    scores fit `cap_bytes`, else the largest multiple of 256 that fits (at least 256)."""
+    fit = int(cap_bytes // (entries * s * 4))
+    return sq if fit >= sq else min(sq, max(256, fit // 256 * 256))
+
+
 class ComposedAttention:
-    """MindSpore ops attention on the first `entries` of the (B * kvN) batch axis, in `dtype` (float16/float32).
+    """MindSpore ops attention on the first `entries` of the (B * kvN) batch axis and the first `rows` query rows
+    (with G = 1), in `dtype` (float16/float32).
 
-    `call()` runs it and returns the output tensor (entries, G * Sq, D); `output()` gives the full-size result
-    as (B, N, Sq, D) float32 numpy when every entry was used."""
+    `call()` runs it and returns the output tensor (entries, G * rows, D); `output()` gives the full-size result
+    as (B, N, Sq, D) float32 numpy when every entry and row was used."""
 
-    def __init__(self, q, k, v, dtype, scale, causal, entries=None):
+    def __init__(self, q, k, v, dtype, scale, causal, entries=None, rows=None):
         b, n, sq, d = q.shape
         kvn, s = k.shape[1], k.shape[2]
         g = n // kvn
         self.shape, self.total = (b, n, sq, d), b * kvn
         self.entries = self.total if entries is None else entries
+        self.rows = sq if rows is None else rows
+        if self.rows != sq and g != 1:
+            raise ValueError("a subset of query rows needs G == 1")
         np_dtype = np.float16 if dtype == "float16" else np.float32
-        rows = q.reshape(b, kvn, g, sq, d).reshape(b * kvn, g * sq, d)[:self.entries]
+        rows = q.reshape(b, kvn, g, sq, d)[:, :, :, :self.rows].reshape(b * kvn, g * self.rows, d)[:self.entries]
         self.q = ms.Tensor(rows.astype(np_dtype))
         self.k = ms.Tensor(k.reshape(b * kvn, s, d)[:self.entries].astype(np_dtype))
         self.v = ms.Tensor(v.reshape(b * kvn, s, d)[:self.entries].astype(np_dtype))
@@ -90,14 +102,14 @@ class ComposedAttention:
         self.mask = None
         if causal:
             discard = np.triu(np.ones((sq, s), np.bool_), 1 + s - sq)  # bottom-right aligned (sparse_mode 3)
-            self.mask = ms.Tensor(np.tile(discard, (g, 1)))
+            self.mask = ms.Tensor(np.tile(discard[:self.rows], (g, 1)))
         self.scores = ms_ops.BatchMatMul(transpose_b=True)
         self.weighted = ms_ops.BatchMatMul()
 
     @property
     def scaled_by(self):
         """The factor from the measured subset to the whole problem."""
-        return self.total / self.entries
+        return self.total / self.entries * self.shape[2] / self.rows
 
     def call(self):
         scores = self.scores(self.q, self.k) * self.scale

@@ -56,8 +56,8 @@ def table_rows(rows):
         if row["group"] == "paged":
             of_limit += f"; {row['time_over_contiguous']:.2f} x contiguous time"
         if row["group"] == "latency":
-            rate = f"native op {row['native_op_ms']:.3f} ms"
-            of_limit = f"{row['time_over_native_op']:.2f} x native op time"
+            rate = f"{row['native_op']} {row['native_op_ms']:.3f} ms"
+            of_limit = f"{row['time_over_native_op']:.2f} x its time"
         comparable = row["group"] in ("decode", "prefill", "training")
         alt = (lambda key: _fmt(row.get(key), ".2f", "x")) if comparable else (lambda key: "")
         cells.append([row["case"], row["mode"], _fmt(row.get("ms"), ".2f"), rate, of_limit,
@@ -129,7 +129,7 @@ def draw(report, path):
         right.text(0.5, 0.5, "torch not installed: no comparison", ha="center", va="center")
         right.set_axis_off()
     env = report["environment"]
-    limits = report["limits"]
+    limits = report["limits_used"]
     fig.suptitle(f"ms_attention bench ({report['settings']['size']}) on {env['cpu']}, {env['threads']} threads; "
                  f"read {_fmt(limits.get('read_GBps'), '.1f')} GB/s, fp32 FMA {_fmt(limits.get('fp32_fma_GFLOPs'), '.0f')}"
                  f" GFLOP/s, bf16 dot {_fmt(limits.get('bf16_dot_GFLOPs'), '.0f')} GFLOP/s", fontsize=9)

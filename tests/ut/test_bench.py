@@ -111,7 +111,7 @@ def test_smoke_bench_writes_json_and_png(tmp_path, capsys):
                      "--png", str(chart_path)]) == 0
     printed = capsys.readouterr().out
     report = json.loads(report_path.read_text())
-    assert set(report) >= {"environment", "settings", "limits", "limits_end", "rows", "summary"}
+    assert set(report) >= {"environment", "settings", "limits", "limits_end", "limits_used", "rows", "summary"}
     for key in ("cpu", "cores", "threads", "MS_ATTENTION_NUM_THREADS", "OPENBLAS_CORETYPE", "mindspore", "numpy",
                 "torch", "library_variant", "library_isa"):
         assert key in report["environment"]
