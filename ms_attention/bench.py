@@ -106,7 +106,7 @@ def apply_limits(rows, limits):
         if row.get("of_bf16_peak") is not None:
             row["of_bf16_peak"] = row["value"] / bf16 if bf16 else None
         if row["group"] == "sparse":
-            row["of_fma_peak"] = row["GFLOPs"] / fma if fma else None
+            row["of_read_bw"] = row["selected_GBps"] / read if read else None
 
 
 def run(size="full", groups=None, use_torch=True):
@@ -122,10 +122,12 @@ def run(size="full", groups=None, use_torch=True):
     print("environment:", json.dumps(env), flush=True)
     _print_limits(limits, "start")
     settings = Settings(size, limits, torch)
-    rows = []
+    rows, group_seconds = [], {}
     for group in groups:
         print(f"[{group}]", flush=True)
+        group_started = time.perf_counter()
         rows += GROUPS[group](settings)
+        group_seconds[group] = time.perf_counter() - group_started
     limits_end = measure_limits(size)
     _print_limits(limits_end, "end")
     used = best_limits(limits, limits_end)
@@ -136,7 +138,7 @@ def run(size="full", groups=None, use_torch=True):
     report = {"environment": env, "settings": {"size": size, "groups": groups, "repeats": settings.repeats,
                                                "budget_s": settings.budget_s},
               "limits": limits, "limits_end": limits_end, "limits_used": used, "rows": rows, "summary": bench_report.summary(rows),
-              "duration_s": time.perf_counter() - started}
+              "duration_s": time.perf_counter() - started, "group_seconds": group_seconds}
     print()
     print(bench_report.text_table(rows))
     summary = report["summary"]
@@ -168,6 +170,11 @@ def main(args):
     use_lock(args.lock)
     size = "smoke" if args.smoke else "quick" if args.quick else "full"
     report = run(size, groups, use_torch=not args.no_torch)
+    report["settings"]["command"] = " ".join(
+        ["python -m ms_attention bench"] + (["--" + size] if size != "full" else []) +
+        (["--only", args.only] if args.only else []) + (["--no-torch"] if args.no_torch else []) +
+        (["--lock", args.lock] if args.lock else []) + (["--json", args.json] if args.json else []) +
+        (["--png", args.png] if args.png else []))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=1, default=float)

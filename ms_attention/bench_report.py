@@ -80,6 +80,24 @@ def markdown_table(rows):
     return "\n".join(lines)
 
 
+def threads_table(rows):
+    """Markdown: per thread-setting row, the prefill and decode times and rates for each pool size."""
+    rows = [r for r in rows if r["group"] == "threads"]
+    counts = sorted({r["threads"] for r in rows})
+    cases = list(dict.fromkeys(r["case"].split(" ", 1)[1] for r in rows))
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    header = ["case", "setting"] + [f"MS_ATTENTION_NUM_THREADS={t}" for t in counts]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for case in cases:
+        for setting in settings:
+            cells = [case, setting]
+            for t in counts:
+                match = [r for r in rows if r["threads"] == t and r["setting"] == setting and r["case"].endswith(case)]
+                cells.append(f"{match[0]['ms']:.1f} ms ({match[0]['value']:.1f} {match[0]['unit']})" if match else "")
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def summary(rows):
     """Counts of targets met and missed, and the missed rows' verdicts."""
     met, missed = 0, []
@@ -114,7 +132,7 @@ def draw(report, path):
             left.plot([need, need], [i - 0.4, i + 0.4], color="black", linewidth=1.5)
     left.set_yticks(range(len(limited)), labels, fontsize=7)
     left.invert_yaxis()
-    left.set_xlabel("fraction of the machine limit (decode/sparse: read bw; prefill/training: fp32 FMA peak); "
+    left.set_xlabel("fraction of the machine limit (decode: read bw; prefill/training/sparse: fp32 FMA peak); "
                     "| = target", fontsize=8)
     left.axvline(1.0, color="gray", linestyle=":")
     if versus:

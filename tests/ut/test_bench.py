@@ -1,6 +1,8 @@
 """The benchmark harness: machine limits are positive, the comparisons compute the same attention as ours, and
 a smoke run writes a well-formed JSON report and a PNG chart. No timing is asserted."""
+import importlib.util
 import json
+import os
 
 import numpy as np
 import pytest
@@ -128,3 +130,16 @@ def test_smoke_bench_writes_json_and_png(tmp_path, capsys):
             assert 0 < row["of_roof"] and row["of_limit"] > 0
             assert row["ms_fp32_ms"] is None if row["shape"]["kv"] == "int8" else row["ms_fp32_ms"] > 0
     assert chart_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # the generated part of docs/performance.md comes from this report
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "performance_doc.py")
+    spec = importlib.util.spec_from_file_location("performance_doc", path)
+    performance_doc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(performance_doc)
+    doc = tmp_path / "performance.md"
+    doc.write_text(f"# title\n{performance_doc.BEGIN}\nold\n{performance_doc.END}\ntail\n")
+    performance_doc.main(str(report_path), str(doc))
+    text = doc.read_text()
+    assert "old" not in text and text.startswith("# title") and text.rstrip().endswith("tail")
+    for row in report["rows"]:
+        assert row["case"] in text
