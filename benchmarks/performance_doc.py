@@ -51,8 +51,9 @@ def generated(report):
             notes = sorted({note for r in chosen for note in r.get("notes", [])})
             out += [""] + [f"- {note}" for note in notes] if notes else []
             if group == "latency":
-                ops = chosen[0]["native_ops_ms"]
-                out += ["", "Native ops, per call: " + ", ".join(f"{k} {v:.3f} ms" for k, v in ops.items())]
+                for r in chosen:
+                    out += ["", f"Native ops, per call ({r['mode']}): " +
+                            ", ".join(f"{k} {v:.3f} ms" for k, v in r["native_ops_ms"].items())]
             if group == "memory":
                 r = chosen[0]
                 out += ["", f"RSS before {r['rss_before_MB']:.0f} MB, peak {r['peak_MB']:.0f} MB, output "

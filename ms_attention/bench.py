@@ -24,7 +24,7 @@ from ms_attention.bench_common import Settings, timing_lock, use_lock
 from ms_attention.bench_compare import torch_module
 from ms_attention.kernels.cpu import loader
 
-GROUPS = {"decode": bench_decode.run, "latency": lambda settings: [bench_decode.latency(settings)],
+GROUPS = {"decode": bench_decode.run, "latency": bench_decode.latency,
           "prefill": bench_prefill.run, "training": bench_training.run, "memory": bench_memory.run,
           "sparse": bench_sparse.run, "threads": bench_threads.run}
 
