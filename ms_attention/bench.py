@@ -137,7 +137,8 @@ def run(size="full", groups=None, use_torch=True):
         row["target_met"], row["target_verdict"] = bench_report.judge(row)
     report = {"environment": env, "settings": {"size": size, "groups": groups, "repeats": settings.repeats,
                                                "budget_s": settings.budget_s},
-              "limits": limits, "limits_end": limits_end, "limits_used": used, "rows": rows, "summary": bench_report.summary(rows),
+              "limits": limits, "limits_end": limits_end, "limits_used": used, "rows": rows,
+              "summary": bench_report.summary(rows),
               "duration_s": time.perf_counter() - started, "group_seconds": group_seconds}
     print()
     print(bench_report.text_table(rows))

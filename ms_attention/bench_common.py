@@ -53,6 +53,24 @@ def _best_time(fn, repeats, budget_s):
     return best
 
 
+def best_times_alternating(fns, repeats, budget_s=None):
+    """Seconds of the fastest call of each of fns, called in turn (one warm-up each, then up to `repeats`
+    rounds), so that an A/B ratio is not decided by load that came and went between A's calls and B's."""
+    with timing_lock():
+        for fn in fns:
+            fn()
+        best, spent = [float("inf")] * len(fns), 0.0
+        for _ in range(max(1, repeats)):
+            for i, fn in enumerate(fns):
+                start = time.perf_counter()
+                fn()
+                elapsed = time.perf_counter() - start
+                best[i], spent = min(best[i], elapsed), spent + elapsed
+            if budget_s is not None and spent >= budget_s * len(fns):
+                break
+        return best
+
+
 def median_time(fn, calls, warmup=10):
     """Median seconds per call of fn over `calls` calls, after `warmup` calls (for per-call latencies)."""
     with timing_lock():

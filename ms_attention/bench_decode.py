@@ -10,7 +10,8 @@ byte. The compute peak is the one of the instructions the kernel uses: the vdpbf
 the library has AVX512_BF16, else the fp32 FMA peak (fp16 and int8 are widened to fp32).
 
 Paged decode reads the same K/V from a block cache (block_size 128, blocks in a shuffled order,
-(num_blocks, kvN, block_size, D)) and is reported as its time over the contiguous time of the same shape/mode.
+(num_blocks, kvN, block_size, D)) and is reported as its time over the contiguous time of the same shape/mode,
+the two calls timed in turn.
 """
 import numpy as np
 import mindspore as ms
@@ -18,8 +19,8 @@ from mindspore import nn
 from mindspore import ops as ms_ops
 
 from ms_attention import bench_compare, ops
-from ms_attention.bench_common import (SHORT, best_time, median_time, ms_tensor, progress, random_values, row,
-                                       speedups)
+from ms_attention.bench_common import (SHORT, best_time, best_times_alternating, execution_mode, median_time,
+                                       ms_tensor, progress, random_values, row, speedups)
 
 SHAPES = [(8, 32, 8, 4096, 128), (4, 40, 40, 8192, 128), (1, 32, 8, 32768, 128)]  # B, N, kvN, S, D
 QUICK_SHAPES = SHAPES[:1]
@@ -128,12 +129,11 @@ def run(settings):
             roof = roof_gbps(limits, kv_dtype, n // kvn)
             case = f"decode {SHORT[kv_dtype]} B={b} N={n} kvN={kvn} S={s} D={d}"
             for mode in ("pynative", "graph"):
-                with_mode = ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE
-                ms.set_context(mode=with_mode)
-                cell, paged_cell = _Decode(kwargs), _Decode(paged_kwargs)
-                seconds = best_time(lambda: cell(*contiguous).asnumpy(), settings.repeats, settings.budget_s)
-                paged_seconds = best_time(lambda: paged_cell(*paged).asnumpy(), settings.repeats, settings.budget_s)
-                ms.set_context(mode=ms.PYNATIVE_MODE)
+                with execution_mode(mode):
+                    cell, paged_cell = _Decode(kwargs), _Decode(paged_kwargs)
+                    seconds, paged_seconds = best_times_alternating(
+                        [lambda: cell(*contiguous).asnumpy(), lambda: paged_cell(*paged).asnumpy()],
+                        settings.repeats, settings.budget_s)
                 gbps = kv_bytes / seconds / 1e9
                 fields = dict(shape=dict(B=b, N=n, kvN=kvn, S=s, D=d, layout="BNSD", q=q_dtype, kv=kv_dtype),
                               unit="GB/s", value=gbps, limit="read bw",

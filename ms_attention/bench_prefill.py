@@ -13,7 +13,8 @@ import mindspore as ms
 from mindspore import nn
 
 from ms_attention import bench_compare, ops
-from ms_attention.bench_common import SHORT, best_time, ms_tensor, progress, random_values, row, speedups
+from ms_attention.bench_common import (SHORT, best_time, best_times_alternating, execution_mode, ms_tensor,
+                                       progress, random_values, row, speedups)
 
 SHAPES = [(1, 32, 2048, 128), (1, 8, 8192, 128)]   # B, N, S, D (MHA: kvN = N)
 CASES = [(dtype, causal) for dtype in ("float16", "bfloat16") for causal in (False, True)]
@@ -72,18 +73,22 @@ def run(settings):
             if causal not in composed:
                 composed[causal] = _composed(settings, q, k, v, scale, causal)
             composed_s, notes = composed[causal]
-            torch_ms = None
+            torch_call = None
             if settings.torch is not None:
-                torch_ms = best_time(bench_compare.torch_attention(settings.torch, q, k, v, dtype, scale, causal),
-                                     settings.repeats, settings.budget_s) * 1e3
+                torch_call = bench_compare.torch_attention(settings.torch, q, k, v, dtype, scale, causal)
             tq, tk, tv = (ms_tensor(x, dtype) for x in (q, k, v))
             extra = dict(attn_mask=causal_mask(), sparse_mode=3) if causal else {}
             case = f"prefill {SHORT[dtype]} {'causal' if causal else 'full'} B={b} N={n} S={s} D={d}"
             for mode in ("graph", "pynative"):
-                ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
-                cell = _Prefill(n, d, extra)
-                seconds = best_time(lambda: cell(tq, tk, tv).asnumpy(), settings.repeats, settings.budget_s)
-                ms.set_context(mode=ms.PYNATIVE_MODE)
+                with execution_mode(mode):
+                    cell = _Prefill(n, d, extra)
+                    ours = lambda: cell(tq, tk, tv).asnumpy()  # noqa: E731
+                    if torch_call is None:
+                        seconds, torch_ms = best_time(ours, settings.repeats, settings.budget_s), None
+                    else:  # in turn with torch, so that the ratio sees the same load
+                        seconds, torch_s = best_times_alternating([ours, torch_call], settings.repeats,
+                                                                  settings.budget_s)
+                        torch_ms = torch_s * 1e3
                 gflops = flops / seconds / 1e9
                 result = row("prefill", case, mode, seconds,
                              shape=dict(B=b, N=n, S=s, D=d, layout="BNSD", dtype=dtype, causal=causal),

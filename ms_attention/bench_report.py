@@ -32,7 +32,9 @@ def judge(row):
         got = row.get("speedup_vs_torch")
         if got is None:
             return None, "n/a (no torch)"
-        return (True, "met") if got >= TORCH_TARGET else (False, f"missed by {TORCH_TARGET - got:.2f} ({got:.2f}x torch)")
+        if got >= TORCH_TARGET:
+            return True, "met"
+        return False, f"missed by {TORCH_TARGET - got:.2f} ({got:.2f}x torch)"
     if group == "memory":
         got, need = row["value"], row["target_value"]
         return (True, "met") if got < need else (False, f"missed by {got - need:.1f} MB ({got:.1f} MB)")
@@ -149,8 +151,9 @@ def draw(report, path):
     env = report["environment"]
     limits = report["limits_used"]
     fig.suptitle(f"ms_attention bench ({report['settings']['size']}) on {env['cpu']}, {env['threads']} threads; "
-                 f"read {_fmt(limits.get('read_GBps'), '.1f')} GB/s, fp32 FMA {_fmt(limits.get('fp32_fma_GFLOPs'), '.0f')}"
-                 f" GFLOP/s, bf16 dot {_fmt(limits.get('bf16_dot_GFLOPs'), '.0f')} GFLOP/s", fontsize=9)
+                 f"read {_fmt(limits.get('read_GBps'), '.1f')} GB/s, "
+                 f"fp32 FMA {_fmt(limits.get('fp32_fma_GFLOPs'), '.0f')} GFLOP/s, "
+                 f"bf16 dot {_fmt(limits.get('bf16_dot_GFLOPs'), '.0f')} GFLOP/s", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

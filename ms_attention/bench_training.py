@@ -14,7 +14,8 @@ import mindspore as ms
 from mindspore import nn
 
 from ms_attention import bench_compare, ops
-from ms_attention.bench_common import SHORT, best_time, ms_tensor, progress, random_values, row, speedups
+from ms_attention.bench_common import (SHORT, best_time, best_times_alternating, execution_mode, ms_tensor, progress,
+                                       random_values, row, speedups)
 from ms_attention.bench_prefill import causal_mask, visible_pairs
 
 SHAPE = (1, 16, 2048, 128, "bfloat16")  # B, N, S, D, dtype
@@ -67,32 +68,33 @@ def run(settings):
     rows = []
     for causal in (True, False):
         forward = 4.0 * b * n * visible_pairs(s, causal) * d
-        torch_ms = {}
+        torch_calls = {}
         if settings.torch is not None:
-            torch_ms["forward"] = best_time(bench_compare.torch_attention(settings.torch, q, k, v, dtype, scale,
-                                                                          causal),
-                                            settings.repeats, settings.budget_s) * 1e3
-            torch_ms["forward+backward"] = best_time(
-                bench_compare.torch_training_step(settings.torch, q, k, v, weight, dtype, scale, causal),
-                settings.repeats, settings.budget_s) * 1e3
+            torch_calls["forward"] = bench_compare.torch_attention(settings.torch, q, k, v, dtype, scale, causal)
+            torch_calls["forward+backward"] = bench_compare.torch_training_step(settings.torch, q, k, v, weight,
+                                                                                dtype, scale, causal)
         for mode in ("graph", "pynative"):
-            ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
-            attention = _Attention(n, d, causal)
-            step = _TrainStep(_Loss(attention, tw))
-            for what, fn, flops in (("forward", lambda: attention(tq, tk, tv).asnumpy(), forward),
-                                    ("forward+backward", lambda: [g.asnumpy() for g in step(tq, tk, tv)],
-                                     (1 + BACKWARD_FACTOR) * forward)):
-                seconds = best_time(fn, settings.repeats, settings.budget_s)
-                gflops = flops / seconds / 1e9
-                result = row("training", f"training {what} {SHORT[dtype]} {'causal' if causal else 'full'} "
-                                         f"B={b} N={n} S={s} D={d}", mode, seconds,
-                             shape=dict(B=b, N=n, S=s, D=d, layout="BNSD", dtype=dtype, causal=causal), what=what,
-                             unit="GFLOP/s", value=gflops, flops=flops, limit="fp32 FMA peak",
-                             of_limit=gflops / fma if fma else None, torch_ms=torch_ms.get(what),
-                             target=f">= {TORCH_TARGET:.1f} x torch" if what == "forward+backward" else None,
-                             notes=["MindSpore composed: n/a (CPU BatchMatMul has no bf16)"])
-                speedups(result)
-                progress(result)
-                rows.append(result)
-            ms.set_context(mode=ms.PYNATIVE_MODE)
+            with execution_mode(mode):
+                attention = _Attention(n, d, causal)
+                step = _TrainStep(_Loss(attention, tw))
+                for what, fn, flops in (("forward", lambda: attention(tq, tk, tv).asnumpy(), forward),
+                                        ("forward+backward", lambda: [g.asnumpy() for g in step(tq, tk, tv)],
+                                         (1 + BACKWARD_FACTOR) * forward)):
+                    if what in torch_calls:  # in turn with torch, so that the ratio sees the same load
+                        seconds, torch_s = best_times_alternating([fn, torch_calls[what]], settings.repeats,
+                                                                  settings.budget_s)
+                        torch_ms = torch_s * 1e3
+                    else:
+                        seconds, torch_ms = best_time(fn, settings.repeats, settings.budget_s), None
+                    gflops = flops / seconds / 1e9
+                    result = row("training", f"training {what} {SHORT[dtype]} {'causal' if causal else 'full'} "
+                                             f"B={b} N={n} S={s} D={d}", mode, seconds,
+                                 shape=dict(B=b, N=n, S=s, D=d, layout="BNSD", dtype=dtype, causal=causal), what=what,
+                                 unit="GFLOP/s", value=gflops, flops=flops, limit="fp32 FMA peak",
+                                 of_limit=gflops / fma if fma else None, torch_ms=torch_ms,
+                                 target=f">= {TORCH_TARGET:.1f} x torch" if what == "forward+backward" else None,
+                                 notes=["MindSpore composed: n/a (CPU BatchMatMul has no bf16)"])
+                    speedups(result)
+                    progress(result)
+                    rows.append(result)
     return rows
