@@ -1,4 +1,5 @@
-"""`python -m ms_attention check` lists every operator with the kernel that serves it on this machine."""
+"""The command line: `check` lists every operator with the kernel that serves it on this machine; `bench` checks its
+arguments (the benchmark itself: test_bench.py)."""
 import pytest
 
 from ms_attention import __main__ as cli
