@@ -100,6 +100,7 @@ def apply_limits(rows, limits):
         elif row.get("limit") == "fp32 FMA peak":
             row["of_limit"] = row["value"] / fma if fma else None
         if row["group"] == "decode":
+            row["of_read_bw"] = row["of_limit"]  # the target; of_roof beside it (contract decision 2)
             shape = row["shape"]
             roof = bench_decode.roof_gbps(limits, shape["kv"], shape["N"] // shape["kvN"])
             row["roof_GBps"], row["of_roof"] = roof, row["value"] / roof if roof else None
