@@ -126,7 +126,8 @@ def draw(report, path):
     height = max(4.0, 0.22 * max(len(limited), len(versus), 1) + 1.5)
     fig, (left, right) = plt.subplots(1, 2, figsize=(16, height))
     colors = {"decode": "tab:blue", "prefill": "tab:orange", "training": "tab:green", "sparse": "tab:purple"}
-    labels = [f"{r['case']} [{r['mode']}]" for r in limited]
+    label = lambda r: f"{r['case'].replace('sparse_flash_attention', 'sparse')} [{r['mode']}]"  # noqa: E731
+    labels = [label(r) for r in limited]
     left.barh(range(len(limited)), [r["of_limit"] for r in limited], color=[colors[r["group"]] for r in limited])
     for i, r in enumerate(limited):
         need = r.get("target_value") if r["group"] == "decode" else (0.5 if r["group"] == "prefill" else None)
@@ -140,7 +141,7 @@ def draw(report, path):
     if versus:
         right.barh(range(len(versus)), [r["speedup_vs_torch"] for r in versus],
                    color=[colors.get(r["group"], "gray") for r in versus])
-        right.set_yticks(range(len(versus)), [f"{r['case']} [{r['mode']}]" for r in versus], fontsize=7)
+        right.set_yticks(range(len(versus)), [label(r) for r in versus], fontsize=7)
         right.set_xscale("log")
         right.axvline(1.0, color="black", linewidth=1)
         right.invert_yaxis()
