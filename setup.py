@@ -51,7 +51,7 @@ setup(
     package_data={"ms_attention.kernels.cpu": ["csrc/*.cpp", "csrc/*.h", "csrc/attention/*.h"]},
     python_requires=">=3.9,<3.12",
     install_requires=["mindspore==2.10.0", "numpy<2", "pyyaml>=5.4"],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={"test": ["pytest>=7"], "bench": ["matplotlib", "torch"]},
     cmdclass={"build_py": BuildPyWithKernels},
     distclass=BinaryDistribution,
     entry_points={"console_scripts": ["ms-attention=ms_attention.__main__:main"]},

@@ -9,8 +9,10 @@ def main(argv=None):
     demo = sub.add_parser("demo", help="Graph mode: prefill and decode over a paged KV cache, then a training "
                                        "step and loop, each checked")
     demo.add_argument("--steps", type=int, default=48)
-    bench = sub.add_parser("bench", help="the incre_flash_attention benchmark (see benchmarks/)")
-    bench.add_argument("--quick", action="store_true")
+    bench = sub.add_parser("bench", help="the operators against this machine's limits, torch SDPA and MindSpore's "
+                                         "composed attention (docs/performance.md)")
+    from ms_attention import bench as bench_module
+    bench_module.add_arguments(bench)
     sub.add_parser("check", help="which kernels serve each operator on this machine")
     args = parser.parse_args(argv)
 
@@ -18,8 +20,7 @@ def main(argv=None):
         from ms_attention import demo as demo_module
         return 0 if demo_module.run(steps=args.steps) else 1
     if args.command == "bench":
-        from ms_attention import bench as bench_module
-        bench_module.main(quick=args.quick)
+        bench_module.main(args)
         return 0
     from ms_attention import backends, opdef
     from ms_attention.kernels.cpu import loader

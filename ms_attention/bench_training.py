@@ -1,43 +1,39 @@
 """Training benchmark: flash_attention_score forward + backward through the public API and MindSpore autodiff
-(`mindspore.grad`), as a fraction of the machine's fp32 FMA peak measured in the same run.
+(`mindspore.grad`), against torch SDPA forward + autograd backward on the same inputs, and as a fraction of the
+fp32 FMA peak measured in the same run.
 
-The shape is B=1 N=16 S=2048 D=128 bfloat16, BNSD, causal: sparse_mode 3 (right-down causal, which equals
-sparse_mode 2 when S1 == S2) with the (2048, 2048) compressed mask MindSpore networks pass. FLOPs are counted as
-the causal forward, 4 * N * S^2 * D / 2 (Q.K^T and P.V over the half of the pairs the mask keeps), and the
-backward as 2.5 times that (it recomputes Q.K^T and adds dO.V^T, dV, dK and dQ: five products instead of two),
-so forward + backward is 3.5 times the forward. The loss is sum(out * w) with a fixed random w, so dO is dense.
-Each step runs in Graph mode (an nn.Cell) and in PyNative; the forward alone is timed too, so the backward's
-share shows. PyNative's asynchronous waiter costs a long kernel a core on a small machine (bench_prefill.py).
-The fractions use the run's FMA peak, as the prefill rows do; the peak is measured again around this section and
-printed, since on a shared machine it can move between sections.
+Shape B=1 N=16 S=2048 D=128 bfloat16 BNSD, causal (sparse_mode 3 with the (2048, 2048) compressed mask, which
+equals sparse_mode 2 when S1 == S2; torch `is_causal=True`) and full. FLOPs: the forward is 4 * D per visible
+(query, key) pair and head (S^2, or S (S + 1) / 2 causal), the backward 2.5 times that (it recomputes Q.K^T and
+adds dO.V^T, dV, dK and dQ: five products instead of two), so forward + backward is 3.5 times the forward. The
+loss is sum(out * w) with a fixed random float32 w, so dO is dense. Each step runs in Graph mode (an nn.Cell)
+and in PyNative; the forward alone is timed too, so the backward's share shows.
 """
-import time
-
 import numpy as np
 import mindspore as ms
-from mindspore import Tensor, nn
+from mindspore import nn
 
-from ms_attention import machine, ops
+from ms_attention import bench_compare, ops
+from ms_attention.bench_common import (SHORT, best_time, best_times_alternating, execution_mode, ms_tensor, progress,
+                                       random_values, row, speedups)
+from ms_attention.bench_prefill import causal_mask, visible_pairs
 
 SHAPE = (1, 16, 2048, 128, "bfloat16")  # B, N, S, D, dtype
 QUICK_SHAPE = (1, 16, 1024, 128, "bfloat16")
-SPARSE_MODE = 3
+SMOKE_SHAPE = (1, 2, 128, 32, "bfloat16")
 BACKWARD_FACTOR = 2.5
-
-
-def forward_flops(b, n, s, d):
-    """The causal forward's count: 4 * D flops per (query, key) pair and head, over S^2 / 2 pairs."""
-    return 4.0 * b * n * s * s * d / 2
+TORCH_TARGET = 1.0
 
 
 class _Attention(nn.Cell):
-    def __init__(self, n, d, mask):
+    def __init__(self, n, d, causal):
         super().__init__()
-        self.n, self.scale, self.mask = n, d ** -0.5, mask
+        self.n, self.scale = n, d ** -0.5
+        self.mask, self.sparse_mode = (causal_mask(), 3) if causal else (None, 0)
 
     def construct(self, q, k, v):
         return ops.flash_attention_score(q, k, v, self.n, attn_mask=self.mask, scalar_value=self.scale,
-                                         input_layout="BNSD", sparse_mode=SPARSE_MODE)
+                                         input_layout="BNSD", sparse_mode=self.sparse_mode)
 
 
 class _Loss(nn.Cell):
@@ -60,53 +56,45 @@ class _TrainStep(nn.Cell):
         return self.grad(q, k, v)
 
 
-def _best(fn, repeats):
-    fn()  # compile / warm up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def bench(b, n, s, d, dtype, mode, repeats):
-    rng = np.random.default_rng(0)
-    ms_type = {"float16": ms.float16, "bfloat16": ms.bfloat16}[dtype]
-    q, k, v = (Tensor(rng.standard_normal((b, n, s, d)).astype(np.float32), ms_type) for _ in range(3))
-    weight = Tensor(rng.standard_normal((b, n, s, d)).astype(np.float32))
-    mask = Tensor(np.triu(np.ones((2048, 2048), np.bool_), 1))
-    ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
-    attention = _Attention(n, d, mask)
-    step = _TrainStep(_Loss(attention, weight))
+def run(settings):
+    b, n, s, d, dtype = settings.pick(SHAPE, QUICK_SHAPE, SMOKE_SHAPE)
+    rng = np.random.default_rng(3)
+    q, k, v = (random_values(rng, (b, n, s, d), "float32") for _ in range(3))
+    weight = rng.standard_normal((b, n, s, d)).astype(np.float32)
+    tq, tk, tv = (ms_tensor(x, dtype) for x in (q, k, v))
+    tw = ms.Tensor(weight)
+    fma = settings.limits.get("fp32_fma_GFLOPs")
+    scale = d ** -0.5
     rows = []
-    fwd = forward_flops(b, n, s, d)
-    for what, fn, flops in (("forward", lambda: attention(q, k, v).asnumpy(), fwd),
-                            ("forward+backward", lambda: [g.asnumpy() for g in step(q, k, v)],
-                             (1 + BACKWARD_FACTOR) * fwd)):
-        seconds = _best(fn, repeats)
-        rows.append({"shape": f"training {what} B={b} N={n} S={s} D={d} BNSD {dtype} causal "
-                              f"(sparse_mode {SPARSE_MODE}) {mode}",
-                     "what": what, "mode": mode, "ms": seconds * 1e3, "GFLOPs": flops / seconds / 1e9})
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-    return rows
-
-
-def run(fma_peak_gflops, quick=False):
-    """Times the training step in Graph mode and PyNative; each row gets its fraction of the fp32 FMA peak."""
-    print(f"training: FLOPs counted as forward 4*N*S^2*D/2 (causal) and backward {BACKWARD_FACTOR}x forward",
-          flush=True)
-    shape = QUICK_SHAPE if quick else SHAPE
-    rows = []
-    before = machine.fp32_fma_gflops()
-    for mode in ("graph", "pynative"):
-        for row in bench(*shape, mode=mode, repeats=2 if quick else 3):
-            row["of_fma_peak"] = row["GFLOPs"] / fma_peak_gflops
-            rows.append(row)
-            print(f"{row['shape']:86s} {row['ms']:9.1f} ms  {row['GFLOPs']:7.1f} GFLOP/s  "
-                  f"= {row['of_fma_peak']:.2f} x fp32 FMA peak", flush=True)
-    after = machine.fp32_fma_gflops()
-    if before and after:
-        print(f"training: fp32 FMA peak measured again around this section: {before:.0f} GFLOP/s before, "
-              f"{after:.0f} after (the run's: {fma_peak_gflops:.0f})", flush=True)
+    for causal in (True, False):
+        forward = 4.0 * b * n * visible_pairs(s, causal) * d
+        torch_calls = {}
+        if settings.torch is not None:
+            torch_calls["forward"] = bench_compare.torch_attention(settings.torch, q, k, v, dtype, scale, causal)
+            torch_calls["forward+backward"] = bench_compare.torch_training_step(settings.torch, q, k, v, weight,
+                                                                                dtype, scale, causal)
+        for mode in ("graph", "pynative"):
+            with execution_mode(mode):
+                attention = _Attention(n, d, causal)
+                step = _TrainStep(_Loss(attention, tw))
+                for what, fn, flops in (("forward", lambda: attention(tq, tk, tv).asnumpy(), forward),
+                                        ("forward+backward", lambda: [g.asnumpy() for g in step(tq, tk, tv)],
+                                         (1 + BACKWARD_FACTOR) * forward)):
+                    if what in torch_calls:  # in turn with torch, so that the ratio sees the same load
+                        seconds, torch_s = best_times_alternating([fn, torch_calls[what]], settings.repeats,
+                                                                  settings.budget_s)
+                        torch_ms = torch_s * 1e3
+                    else:
+                        seconds, torch_ms = best_time(fn, settings.repeats, settings.budget_s), None
+                    gflops = flops / seconds / 1e9
+                    result = row("training", f"training {what} {SHORT[dtype]} {'causal' if causal else 'full'} "
+                                             f"B={b} N={n} S={s} D={d}", mode, seconds,
+                                 shape=dict(B=b, N=n, S=s, D=d, layout="BNSD", dtype=dtype, causal=causal), what=what,
+                                 unit="GFLOP/s", value=gflops, flops=flops, limit="fp32 FMA peak",
+                                 of_limit=gflops / fma if fma else None, torch_ms=torch_ms,
+                                 target=f">= {TORCH_TARGET:.1f} x torch" if what == "forward+backward" else None,
+                                 notes=["MindSpore composed: n/a (CPU BatchMatMul has no bf16)"])
+                    speedups(result)
+                    progress(result)
+                    rows.append(result)
     return rows
