@@ -135,12 +135,13 @@ def test_page_attention(mode, cache_layout, layout, dtype):
     case.check(mode)
 
 
-@pytest.mark.parametrize("b,n,block_size,lengths", [(1, 4, 64, [300]), (2, 8, 64, [300, 129]), (2, 4, 96, [1, 250])])
+@pytest.mark.parametrize("b,n,block_size,lengths", [(1, 4, 64, [1100]), (2, 8, 64, [1100, 705]), (2, 4, 96, [1, 1050])])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_page_attention_head_major_units_over_all_heads(mode, b, n, block_size, lengths, dtype):
     """Head-major blocks of whole key tiles: one decode unit reads every KV head block by block (one batch: split
-    over the keys too); lengths end inside a block and inside a key tile."""
-    case = Case(b=b, n=n, kvn=4, s=300, d=32, layout="BSH", dtype=dtype)
+    over the keys too); lengths end inside a block and inside a key tile. Long enough that the fewer units of all
+    heads still give each of up to 2 (one batch) or 4 threads two."""
+    case = Case(b=b, n=n, kvn=4, s=1100, d=32, layout="BSH", dtype=dtype)
     q = case.np["query"].reshape(b, n, 32)
     _paged(case, block_size, lengths, "BnNBsD")
     case.layout = case.attrs["input_layout"] = "BNSD"

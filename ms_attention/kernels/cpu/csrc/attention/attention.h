@@ -453,13 +453,17 @@ void Run(const Problem &p) {
   // lie together, so memory is read in runs of kvN blocks' rows instead of one head's block-sized pieces
   // (measured, raw reads of the decode pattern at 2 threads: per-head blocks ~15 % slower than a contiguous
   // cache, all heads of a block as fast).
+  // Only while the kvN times fewer units can still give each thread two (splits of the keys included).
+  ThreadPool &pool = ThreadPool::Instance();
+  const int threads = pool.threads();
   const int64_t chunk = HeadChunk<E>(p, rows);
-  const int64_t heads = chunk > 0 ? p.kvN : 1;  // KV heads per unit
+  const int64_t most_splits = std::max<int64_t>(1, max_keys / kMinSplitKeys);
+  const int64_t per_head_units = p.B * p.kvN * blocks * most_splits;
+  const bool grouped = chunk > 0 && p.B * blocks * most_splits >= std::min<int64_t>(per_head_units, 2 * threads);
+  const int64_t heads = grouped ? p.kvN : 1;  // KV heads per unit
   const int64_t unit_rows = heads * rows;
   const int64_t items = p.B * (p.kvN / heads) * blocks;
   if (items == 0) return;
-  ThreadPool &pool = ThreadPool::Instance();
-  const int threads = pool.threads();
   // Split the keys only when the items alone cannot keep every thread busy; full quantization needs each
   // row's final softmax before its second pass, so it never splits.
   int64_t splits = std::max<int64_t>(1, (4 * threads + items - 1) / items);
