@@ -135,6 +135,20 @@ def test_page_attention(mode, cache_layout, layout, dtype):
     case.check(mode)
 
 
+@pytest.mark.parametrize("b,n,block_size,lengths", [(1, 4, 64, [1100]), (2, 8, 64, [1100, 705]), (2, 4, 96, [1, 1050])])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_page_attention_head_major_units_over_all_heads(mode, b, n, block_size, lengths, dtype):
+    """Head-major blocks of whole key tiles: one decode unit reads every KV head block by block (one batch: split
+    over the keys too); lengths end inside a block and inside a key tile. Long enough that the fewer units of all
+    heads still give each of up to 2 (one batch) or 4 threads two."""
+    case = Case(b=b, n=n, kvn=4, s=1100, d=32, layout="BSH", dtype=dtype)
+    q = case.np["query"].reshape(b, n, 32)
+    _paged(case, block_size, lengths, "BnNBsD")
+    case.layout = case.attrs["input_layout"] = "BNSD"
+    case.add("query", q[:, :, None], dtype)
+    case.check(mode)
+
+
 def test_page_attention_with_mask_and_int8(mode):
     case = Case(b=2, n=4, kvn=2, s=64, d=32, layout="BSH", kv_dtype="int8")
     case.add("antiquant_scale", case.rng.random((2, 64)) * 0.02, "float16")

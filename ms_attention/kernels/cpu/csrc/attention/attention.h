@@ -300,13 +300,18 @@ inline void AccumulateValues(const Problem &p, int64_t rows, Scratch &sc, const 
 
 // Online softmax over keys [u.t0, u.t1) of the key sequence: running max m, sum l and unnormalised acc per
 // row (lda floats: D, plus the per-token value offsets' column).
+// fresh: start the softmax; otherwise continue the (m, l, acc) of the unit's earlier keys. then: the unit the
+// caller runs next, whose first keys a phased unit asks for during its last values.
 template <class E, class R>
-void AttendUnit(const Problem &p, const Unit &u, Scratch &sc, float *m, float *l, float *acc, int64_t lda) {
+void AttendUnit(const Problem &p, const Unit &u, Scratch &sc, float *m, float *l, float *acc, int64_t lda,
+                bool fresh = true, const Unit *then = nullptr) {
   const int64_t rows = u.np * p.G, D = p.D;
   LoadQueryRows(p, u, sc);
-  std::fill(m, m + rows, kNegInf);
-  std::fill(l, l + rows, 0.f);
-  std::fill(acc, acc + rows * lda, 0.f);
+  if (fresh) {
+    std::fill(m, m + rows, kNegInf);
+    std::fill(l, l + rows, 0.f);
+    std::fill(acc, acc + rows * lda, 0.f);
+  }
   // The hardware prefetcher alone leaves a decode unit (few rows, every K/V byte used once) waiting on memory
   // between its compute phases, contiguous rows or not: one phase ahead, the tile's values are asked for while
   // its scores are computed, and the next tile's keys while its values are accumulated (measured, one thread,
@@ -340,6 +345,10 @@ void AttendUnit(const Problem &p, const Unit &u, Scratch &sc, float *m, float *l
     if (phased && j + kKeyTile < u.t1) {
       const int64_t next_n = std::min(kKeyTile, u.t1 - j - kKeyTile);
       KeyTileRows(p, u.b, u.kh, j + kKeyTile, next_n, next_k, next_v);
+      PrefetchRows(next_k, next_n, D);
+    } else if (phased && then != nullptr) {
+      const int64_t next_n = std::min(kKeyTile, then->t1 - then->t0);
+      KeyTileRows(p, then->b, then->kh, then->t0, next_n, next_k, next_v);
       PrefetchRows(next_k, next_n, D);
     }
     AccumulateValues(p, rows, sc, v, n, acc, lda);
@@ -412,6 +421,22 @@ inline float *CallArena(int64_t floats) {
   return reinterpret_cast<float *>((at + 63) & ~static_cast<uintptr_t>(63));
 }
 
+// Keys per chunk of a decode unit covering every KV head (see Run), 0 where units take one head: a head-major
+// paged cache's block when it is a whole number of tiles (its heads' rows then follow each other). Only for
+// the phased decode units (AttendUnit) without a shared prefix (its own layout) or full quantization (two
+// passes over the keys). Token-major caches (a tile of tokens holding every head's rows) were measured too:
+// one AttendUnit call per head and tile cost more than the longer runs of memory gained.
+template <class E>
+int64_t HeadChunk(const Problem &p, int64_t rows) {
+  if (rows >= kPrefetchRows || sizeof(E) < 2 || p.kvN < 2 || p.prefix.len > 0 || p.full_quant.enabled) return 0;
+  if (p.kv.paged) {
+    const PagedKv &pg = p.kv.pages;
+    const bool head_major = pg.slot_stride == p.D && pg.head_stride == pg.block_size * p.D;
+    return head_major && pg.block_size % kKeyTile == 0 ? pg.block_size : 0;
+  }
+  return 0;
+}
+
 template <class E, class R>
 void Run(const Problem &p) {
   const int64_t G = p.G, D = p.D;
@@ -424,10 +449,21 @@ void Run(const Problem &p) {
   const int64_t block = std::max<int64_t>(1, std::min(max_q, kMaxBlockRows / G));  // query rows per unit
   const int64_t rows = block * G;
   const int64_t blocks = (max_q + block - 1) / block;
-  const int64_t items = p.B * p.kvN * blocks;
-  if (items == 0) return;
+  // A head-major paged cache is read by decode units covering every KV head, block by block: a block's heads
+  // lie together, so memory is read in runs of kvN blocks' rows instead of one head's block-sized pieces
+  // (measured, raw reads of the decode pattern at 2 threads: per-head blocks ~15 % slower than a contiguous
+  // cache, all heads of a block as fast).
+  // Only while the kvN times fewer units can still give each thread two (splits of the keys included).
   ThreadPool &pool = ThreadPool::Instance();
   const int threads = pool.threads();
+  const int64_t chunk = HeadChunk<E>(p, rows);
+  const int64_t most_splits = std::max<int64_t>(1, max_keys / kMinSplitKeys);
+  const int64_t per_head_units = p.B * p.kvN * blocks * most_splits;
+  const bool grouped = chunk > 0 && p.B * blocks * most_splits >= std::min<int64_t>(per_head_units, 2 * threads);
+  const int64_t heads = grouped ? p.kvN : 1;  // KV heads per unit
+  const int64_t unit_rows = heads * rows;
+  const int64_t items = p.B * (p.kvN / heads) * blocks;
+  if (items == 0) return;
   // Split the keys only when the items alone cannot keep every thread busy; full quantization needs each
   // row's final softmax before its second pass, so it never splits.
   int64_t splits = std::max<int64_t>(1, (4 * threads + items - 1) / items);
@@ -440,30 +476,36 @@ void Run(const Problem &p) {
   const bool direct = splits == 1;
   const int64_t buffers = direct ? threads : units;
   const int64_t scratch_floats = Scratch::Floats(rows, D, p.rope.Dr);
-  float *const arena = CallArena(2 * buffers * rows + buffers * rows * lda + threads * scratch_floats);
-  float *const part_m = arena, *const part_l = part_m + buffers * rows, *const part_acc = part_l + buffers * rows;
-  float *const scratch = part_acc + buffers * rows * lda;
+  float *const arena = CallArena(2 * buffers * unit_rows + buffers * unit_rows * lda + threads * scratch_floats);
+  float *const part_m = arena, *const part_l = part_m + buffers * unit_rows;
+  float *const part_acc = part_l + buffers * unit_rows;
+  float *const scratch = part_acc + buffers * unit_rows * lda;
   // (b, kh, rows) of an item, np <= 0 past the batch's window, and the keys its rows may see. The last query
   // blocks come first: under a causal band they have the most keys, and starting them early balances threads.
   auto item_of = [&](int64_t item) {
     Unit u{};
-    u.b = item / (p.kvN * blocks);
-    u.kh = item / blocks % p.kvN;
+    u.b = item / (p.kvN / heads * blocks);
+    u.kh = item / blocks % (p.kvN / heads) * heads;
     u.p0 = (blocks - 1 - item % blocks) * block;
     u.np = std::min(block, p.q_len[u.b] - u.p0);
     if (u.np > 0) UnitKeyRange(p, u, p.prefix.len + p.kv_len[u.b], &u.t0, &u.t1);
     return u;
   };
-  // Merges the splits of a unit's rows (row r of split s at m[s * rows + r], acc[(s * rows + r) * lda]),
-  // finishes and stores them.
-  auto store_rows = [&](const Unit &u, const float *m, const float *l, const float *acc, float *o) {
-    for (int64_t r = 0; r < u.np * G; ++r) {
-      float m_row = kNegInf, l_row = 0.f, lse = INFINITY;
-      const int64_t h = u.kh * G + r % G;
-      bool computed = MergeSplits(m + r, l + r, rows, acc + r * lda, rows * lda, splits, lda, o, &m_row, &l_row);
-      computed = FinishRow(p, u, h, computed, m_row, l_row, o, &lse);
-      StoreOutputRow(p, u.b, h, p.q_start[u.b] + u.p0 + r / G, o, computed, lse);
-      if (p.stats.enabled()) StoreSoftmaxStats(p, u.b, h, p.q_start[u.b] + u.p0 + r / G, computed, m_row, l_row);
+  // Merges the splits of a unit's rows (row r of KV head kh + x, split s at m[s * unit_rows + x * rows + r],
+  // acc[(s * unit_rows + x * rows + r) * lda]), finishes and stores them.
+  auto store_rows = [&](Unit u, const float *m, const float *l, const float *acc, float *o) {
+    const int64_t first_head = u.kh;
+    for (int64_t x = 0; x < heads; ++x) {
+      u.kh = first_head + x;
+      for (int64_t r = 0; r < u.np * G; ++r) {
+        float m_row = kNegInf, l_row = 0.f, lse = INFINITY;
+        const int64_t h = u.kh * G + r % G, at = x * rows + r;
+        bool computed = MergeSplits(m + at, l + at, unit_rows, acc + at * lda, unit_rows * lda, splits, lda, o,
+                                    &m_row, &l_row);
+        computed = FinishRow(p, u, h, computed, m_row, l_row, o, &lse);
+        StoreOutputRow(p, u.b, h, p.q_start[u.b] + u.p0 + r / G, o, computed, lse);
+        if (p.stats.enabled()) StoreSoftmaxStats(p, u.b, h, p.q_start[u.b] + u.p0 + r / G, computed, m_row, l_row);
+      }
     }
   };
 
@@ -471,15 +513,31 @@ void Run(const Problem &p) {
     Unit u = item_of(w / splits);
     const int64_t s = w % splits, len = u.t1 - u.t0, at = direct ? slot : w;
     if (u.np <= 0) return;
-    float *m = part_m + at * rows, *l = part_l + at * rows, *acc = part_acc + at * rows * lda;
+    float *m = part_m + at * unit_rows, *l = part_l + at * unit_rows, *acc = part_acc + at * unit_rows * lda;
     Scratch sc(scratch + slot * scratch_floats, rows, D, p.rope.Dr);
     // split boundaries on tile multiples from t0, so only the last tile of a range is partial
-    const int64_t chunk = len <= 0 ? 0 : ((len + splits - 1) / splits + kKeyTile - 1) / kKeyTile * kKeyTile;
+    const int64_t part = len <= 0 ? 0 : ((len + splits - 1) / splits + kKeyTile - 1) / kKeyTile * kKeyTile;
     const int64_t t0 = u.t0;
-    u.t0 = std::min(u.t1, t0 + s * chunk);
-    u.t1 = std::min(u.t1, u.t0 + chunk);
+    u.t0 = std::min(u.t1, t0 + s * part);
+    u.t1 = std::min(u.t1, u.t0 + part);
     if (u.t0 >= u.t1) {
-      std::fill(m, m + rows, kNegInf);  // no visible key in this split
+      std::fill(m, m + unit_rows, kNegInf);  // no visible key in this split
+    } else if (heads > 1) {
+      auto chunk_unit = [&](int64_t c, int64_t x) {
+        Unit uc = u;
+        uc.kh = u.kh + x;
+        uc.t0 = c;
+        uc.t1 = std::min(u.t1, c + chunk);
+        return uc;
+      };
+      for (int64_t c = u.t0; c < u.t1; c += chunk) {
+        for (int64_t x = 0; x < heads; ++x) {
+          const bool last = x + 1 == heads && c + chunk >= u.t1;
+          const Unit then = x + 1 < heads ? chunk_unit(c, x + 1) : chunk_unit(c + chunk, 0);
+          AttendUnit<E, R>(p, chunk_unit(c, x), sc, m + x * rows, l + x * rows, acc + x * rows * lda, lda,
+                           c == u.t0, last ? nullptr : &then);
+        }
+      }
     } else {
       AttendUnit<E, R>(p, u, sc, m, l, acc, lda);
       if (p.full_quant.enabled) QuantizedValues<E, R>(p, u, sc, m, l, acc, lda);
@@ -492,7 +550,7 @@ void Run(const Problem &p) {
   pool.ParallelFor(items, [&](int64_t item, int slot) {
     const Unit u = item_of(item);
     if (u.np <= 0) return;
-    const int64_t first = item * splits * rows;
+    const int64_t first = item * splits * unit_rows;
     store_rows(u, part_m + first, part_l + first, part_acc + first * lda,
                Scratch(scratch + slot * scratch_floats, rows, D, p.rope.Dr).row);
   });
