@@ -438,6 +438,32 @@ inline int BandCrossing(const Problem &p, int64_t b, int64_t i0, int64_t il, int
   return prefix && j0 < band.open_keys[b] ? 2 : 1;
 }
 
+// The steps the tile of rows [r0, r0 + nr) (padded to R) and keys [j0, jl] of unit (b, kh) needs, with its terms
+// (mask, dropout) in sc and, when the band alone acts, each row's clamped band edges in sc.lo / sc.hi. False
+// when every key of the tile is hidden from every row: the tile is skipped. Scratch: as for TileTerms, with R
+// floats `lo` / `hi`.
+template <class Scratch>
+inline bool PlanTile(const Problem &p, const GradPlan &plan, int64_t b, int64_t kh, int64_t r0, int64_t nr,
+                     int64_t R, int64_t j0, int64_t jl, const Scratch &sc, TileSteps *steps) {
+  const int64_t G = p.G, nk = jl - j0 + 1;
+  const int crossing = BandCrossing(p, b, r0 / G, (r0 + nr - 1) / G, j0, jl);
+  const bool per_element = plan.mask || crossing == 2;
+  steps->terms = plan.terms || per_element;
+  steps->band = crossing == 1 && !per_element;
+  steps->dropout = p.dropout.enabled();
+  if ((steps->terms || steps->dropout) && !TileTerms(p, b, kh, r0, nr, R, j0, nk, steps->terms, per_element, sc)) {
+    return false;
+  }
+  if (steps->band) {
+    for (int64_t r = 0; r < R; ++r) {  // row r (position i) sees keys [i + lo, i + hi], clamped around the tile
+      const int64_t i = (r0 + r) / G;
+      sc.lo[r] = static_cast<float>(std::max(j0 - 1, std::min(jl + 1, i + p.band.lo[b])));
+      sc.hi[r] = static_cast<float>(std::max(j0 - 1, std::min(jl + 1, i + p.band.hi[b])));
+    }
+  }
+  return true;
+}
+
 // The query positions [*lo, *hi) of batch b that see some key of [j0, jl] (empty when *lo >= *hi).
 inline void VisibleRows(const Problem &p, int64_t b, int64_t j0, int64_t jl, int64_t *lo, int64_t *hi) {
   const Band &band = p.band;
@@ -508,7 +534,6 @@ void GradUnit(const Problem &p, const GradTensors &g, const GradPlan &plan, int6
   }
   std::fill(dq_acc, dq_acc + rows * D, 0.f);
 
-  const Band &band = p.band;
   const float **kw_rows = ptrs, **qw_rows = ptrs + K, **dow_rows = ptrs + K + R;
   E *dk = static_cast<E *>(g.dk), *dv = static_cast<E *>(g.dv);
   for (int64_t j0 = kb0 * K; j0 < std::min(keys, kb1 * K); j0 += K) {
@@ -541,22 +566,8 @@ void GradUnit(const Problem &p, const GradTensors &g, const GradPlan &plan, int6
       }
       // a discard mask, or the band with open prefix keys, is applied per element in the terms; a band alone
       // through each row's [lo, hi]
-      const int crossing = BandCrossing(p, b, i0, i0 + np - 1, j0, jl);
-      const bool per_element = plan.mask || crossing == 2;
       TileSteps steps;
-      steps.terms = plan.terms || per_element;
-      steps.band = crossing == 1 && !per_element;
-      steps.dropout = p.dropout.enabled();
-      if ((steps.terms || steps.dropout) && !TileTerms(p, b, kh, r0, nr, R, j0, nk, steps.terms, per_element, sc)) {
-        continue;  // every key of the tile hidden from every row
-      }
-      if (steps.band) {
-        for (int64_t r = 0; r < R; ++r) {  // row i sees keys [i + lo, i + hi], clamped around the block
-          const int64_t i = i0 + r / G;
-          sc.lo[r] = static_cast<float>(std::max(j0 - 1, std::min(jl + 1, i + band.lo[b])));
-          sc.hi[r] = static_cast<float>(std::max(j0 - 1, std::min(jl + 1, i + band.hi[b])));
-        }
-      }
+      if (!PlanTile(p, plan, b, kh, r0, nr, R, j0, jl, sc, &steps)) continue;
       // S^T = K (scale Q)^T and dPd^T = V dO^T, then Pd^T and dS^T in place
       TileProducts(sc.kw, nk, sc.qt, R, D, sc.st, R);
       TileProducts(sc.vw, nk, sc.dot, R, D, sc.dpt, R);
@@ -849,7 +860,6 @@ inline void GradUnitBf16(const Problem &p, const GradTensors &g, const GradPlan 
   }
   std::fill(sc.dq, sc.dq + Mp * Dv, 0.f);
 
-  const Band &band = p.band;
   const uint16_t *qt16 = reinterpret_cast<const uint16_t *>(sc.qt), *dt16 = reinterpret_cast<const uint16_t *>(sc.dt);
   const uint16_t *qr16 = reinterpret_cast<const uint16_t *>(sc.qr), *dr16 = reinterpret_cast<const uint16_t *>(sc.dr);
   const uint16_t *kr16 = reinterpret_cast<const uint16_t *>(sc.kr);
@@ -880,22 +890,8 @@ inline void GradUnitBf16(const Problem &p, const GradTensors &g, const GradPlan 
     for (int64_t r0 = i_lo * G / 16 * 16; r0 < i_hi * G; r0 += kBf16Rows) {
       const int64_t R = std::min(kBf16Rows, Mp - r0), nr = std::min(R, rows - r0);
       const int64_t i0 = r0 / G, il = (r0 + nr - 1) / G;  // the tile's first and last position
-      const int crossing = BandCrossing(p, b, i0, il, j0, jl);
-      const bool per_element = plan.mask || crossing == 2;
       TileSteps steps;
-      steps.terms = plan.terms || per_element;
-      steps.band = crossing == 1 && !per_element;
-      steps.dropout = p.dropout.enabled();
-      if ((steps.terms || steps.dropout) && !TileTerms(p, b, kh, r0, nr, R, j0, nk, steps.terms, per_element, sc)) {
-        continue;  // every key of the tile hidden from every row
-      }
-      if (steps.band) {
-        for (int64_t r = 0; r < R; ++r) {  // row r sees keys [i + lo, i + hi], clamped around the block
-          const int64_t i = (r0 + r) / G;
-          sc.lo[r] = static_cast<float>(std::max(j0 - 1, std::min(jl + 1, i + band.lo[b])));
-          sc.hi[r] = static_cast<float>(std::max(j0 - 1, std::min(jl + 1, i + band.hi[b])));
-        }
-      }
+      if (!PlanTile(p, plan, b, kh, r0, nr, R, j0, jl, sc, &steps)) continue;
       // S^T = K Q^T and dP^T = V dO^T (6 keys x 4 row vectors per block)
       const int64_t panel = r0 / 16, nv = R / 16;
       Dot<6, 4, false, false>({kw32, Dp / 2, 1, 0}, nk, qt16 + panel * (Dp / 2) * 32, 32, (Dp / 2) * 32, nv, Dp / 2,
