@@ -130,6 +130,8 @@ Rate RunCase(const Case &c, int repeats) {
     p.mask.numel = c.S * c.S;
     p.mask.batch = 0;
     p.mask.row = c.S;
+    p.frame.q.assign(c.B, 0);  // the mask's frame: window (i, j) is mask element (i, j)
+    p.frame.k.assign(c.B, 0);
     pairs = static_cast<double>(c.S) * (c.S + 1) / 2;
   }
   // decode: K/V bytes read instead of flops (the rates are then GB/s)
