@@ -30,19 +30,25 @@ def cache_geometry(chk: Checker, k: TensorMeta, layout: str, kvn: int, d: int) -
     raise chk.value_error(f"the paged 'key' must be 3-D or 4-D, but got shape {k.shape}.")
 
 
+def check_table_shape(chk: Checker, block_table: TensorMeta, b: int, max_blocks_per_seq: int) -> int:
+    """The block table is (B, max_blocks_per_seq) with max_blocks_per_seq in [1, max_blocks_per_seq]; returns its
+    blocks per sequence (-1 if unknown)."""
+    if not block_table.rank_known:
+        return UNKNOWN
+    if block_table.ndim != 2 or not same(block_table.shape[0], b):
+        raise chk.runtime_error(f"the 'block_table' must have shape (B={b}, max_blocks_per_seq), but got "
+                                f"{block_table.shape}.")
+    blocks = block_table.shape[1]
+    if known(blocks) and not 0 < blocks <= max_blocks_per_seq:
+        raise chk.value_error(f"the max_blocks_per_seq of 'block_table' must be in [1, {max_blocks_per_seq}], but "
+                              f"got {blocks}.")
+    return blocks
+
+
 def check_meta(chk: Checker, block_table: TensorMeta, k: TensorMeta, b: int, block_size: int, cache_block: int,
                lengths: Optional[TensorMeta], lengths_name: str, max_blocks_per_seq: int) -> int:
     """Checks a paged call's shapes; returns the longest sequence the table can hold (-1 if unknown)."""
-    if block_table.rank_known:
-        if block_table.ndim != 2 or not same(block_table.shape[0], b):
-            raise chk.runtime_error(f"the 'block_table' must have shape (B={b}, max_blocks_per_seq), but got "
-                                    f"{block_table.shape}.")
-        blocks = block_table.shape[1]
-        if known(blocks) and not 0 < blocks <= max_blocks_per_seq:
-            raise chk.value_error(f"the max_blocks_per_seq of 'block_table' must be in [1, {max_blocks_per_seq}]"
-                                  f", but got {blocks}.")
-    else:
-        blocks = UNKNOWN
+    blocks = check_table_shape(chk, block_table, b, max_blocks_per_seq)
     if lengths is None:
         raise chk.value_error(f"the '{lengths_name}' is required with page attention ('block_table' given), but "
                               f"got None.")

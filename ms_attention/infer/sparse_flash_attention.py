@@ -14,8 +14,8 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from ms_attention import opdef
-from ms_attention.infer import seq_lengths
-from ms_attention.infer.common import UNKNOWN, Checker, TensorMeta, known, same
+from ms_attention.infer import paged, seq_lengths
+from ms_attention.infer.common import UNKNOWN, Checker, TensorMeta, known, product, same
 
 _OP = opdef.get("sparse_flash_attention")
 PRIM_NAME = _OP.class_name
@@ -217,16 +217,7 @@ def _check_paged(m: Dict[str, Optional[TensorMeta]], attrs: Dict[str, Any], b: i
         if block_size % sbs:
             raise _chk.value_error(f"the 'sparse_block_size' ({sbs}) must divide the block_size of the paged 'key' "
                                    f"({block_size}).")
-    if not table.rank_known:
-        return UNKNOWN
-    if table.ndim != 2 or not same(table.shape[0], b):
-        raise _chk.runtime_error(f"the 'block_table' must have shape (B={b}, max_blocks_per_seq), but got "
-                                 f"{table.shape}.")
-    blocks = table.shape[1]
-    if known(blocks) and not 0 < blocks <= MAX_BLOCKS_PER_SEQ:
-        raise _chk.value_error(f"the max_blocks_per_seq of 'block_table' must be in [1, {MAX_BLOCKS_PER_SEQ}], but "
-                               f"got {blocks}.")
-    return blocks * block_size if known(blocks, block_size) else UNKNOWN
+    return product(paged.check_table_shape(_chk, table, b, MAX_BLOCKS_PER_SEQ), block_size)
 
 
 def _kv_capacity(attrs: Dict[str, Any], kv: Dict[str, int], longest_paged: int) -> int:
